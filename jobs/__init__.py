@@ -1,0 +1,1 @@
+"""Jobs: the Job / Attempt / Checkpoint models, the scheduler and the jobs API."""

@@ -1,0 +1,1 @@
+"""Monitoring: NVML and host samplers, telemetry streaming, history, dashboards, /metrics."""

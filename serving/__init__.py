@@ -1,0 +1,1 @@
+"""Serving: model registry, deployments, the inference engine and the replica server."""

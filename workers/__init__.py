@@ -1,0 +1,1 @@
+"""Workers: what runs on a GPU host (registration, heartbeat, launcher, SDK, recipes)."""
