@@ -1,0 +1,1 @@
+"""Cluster inventory: worker hosts and their GPUs, registration and heartbeat."""

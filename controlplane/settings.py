@@ -1,0 +1,331 @@
+"""Settings: one module, every value from the environment (see README, "Configuration").
+
+With nothing set this is the embedded default: SQLite and an embedded Redis under
+``var/``. ``DATABASE_URL`` and ``REDIS_URL`` switch to PostgreSQL and an external Redis;
+``CP_ENV=production`` turns on the secure defaults that ``manage.py check --deploy`` wants.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
+
+from controlplane.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+CP_ENV = env_choice("CP_ENV", "development", ("development", "production"))
+PRODUCTION = CP_ENV == "production"
+
+VAR_DIR = Path(env_str("CP_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    given = env_str("CP_SECRET_KEY")
+    if given:
+        if len(given) < 50 or len(set(given)) < 5:
+            raise ImproperlyConfigured(
+                "CP_SECRET_KEY must be at least 50 characters with at least 5 distinct ones."
+            )
+        return given
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        # Write aside, then hard-link into place: of processes starting together, one
+        # key wins and every process reads that one.
+        tmp = VAR_DIR / f".secret_key.{secrets.token_hex(8)}"
+        tmp.touch(mode=0o600)
+        tmp.write_text(secrets.token_urlsafe(64))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("CP_DEBUG", False)
+
+ALLOWED_HOSTS = env_list("CP_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list(
+    "CP_CSRF_TRUSTED_ORIGINS", ["http://localhost:8000", "http://127.0.0.1:8000"]
+)
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if not re.match(r"^https?://[^/]+$", _origin):
+        raise ImproperlyConfigured(
+            f"CP_CSRF_TRUSTED_ORIGINS: {_origin!r} must look like https://host[:port]."
+        )
+
+# --- security (production turns these on; each can be set on its own) --------------------
+SECURE_SSL_REDIRECT = env_bool("CP_SECURE_SSL_REDIRECT", PRODUCTION)
+SESSION_COOKIE_SECURE = env_bool("CP_SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CP_CSRF_COOKIE_SECURE", PRODUCTION)
+SECURE_HSTS_SECONDS = env_int("CP_HSTS_SECONDS", 31536000 if PRODUCTION else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CP_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("CP_HSTS_PRELOAD", False)
+BEHIND_PROXY = env_bool("CP_BEHIND_PROXY", False)
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Probes and scrapers speak plain HTTP inside the cluster.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- apps ----------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "controlplane.tenancy",
+    "controlplane.cluster",
+    "jobs",
+    "serving",
+    "monitoring",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "controlplane.urls"
+ASGI_APPLICATION = "controlplane.asgi.application"
+WSGI_APPLICATION = "controlplane.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "controlplane" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database ------------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+try:
+    _db = dj_database_url.parse(
+        DATABASE_URL, conn_max_age=env_int("CP_DB_CONN_MAX_AGE", 60, minimum=0)
+    )
+except (ValueError, KeyError) as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL={DATABASE_URL!r} is not usable: {exc}") from None
+if _db["ENGINE"] not in ("django.db.backends.sqlite3", "django.db.backends.postgresql"):
+    raise ImproperlyConfigured("DATABASE_URL must be a postgres:// or sqlite:/// URL.")
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes write (web, worker, beat): WAL, write locks taken at BEGIN, and a
+    # generous busy timeout make SQLite behave; PostgreSQL is the production database.
+    _db["CONN_MAX_AGE"] = 0
+    _db["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    _db["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- redis, channels, cache, celery --------------------------------------------------------
+EMBEDDED_REDIS_PORT = env_int("CP_EMBEDDED_REDIS_PORT", 6390, minimum=1, maximum=65535)
+EMBEDDED_REDIS = env_str("REDIS_URL") == ""
+REDIS_URL = env_url(
+    "REDIS_URL", f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0", ("redis", "rediss", "unix")
+)
+BROKER_URL = env_url("CP_BROKER_URL", REDIS_URL, ("redis", "rediss", "unix", "amqp", "amqps"))
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "cp:ch", "capacity": 1000, "expiry": 30},
+    }
+}
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env_str("CP_CACHE_PREFIX", "cp"),
+        "TIMEOUT": 300,
+    }
+}
+
+HOSTNAME = env_str("CP_HOSTNAME", socket.gethostname())
+if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", HOSTNAME):
+    raise ImproperlyConfigured(
+        f"CP_HOSTNAME={HOSTNAME!r}: use letters, digits, '.', '_' or '-' (at most 63)."
+    )
+WORKER_ADDRESS = env_str("CP_WORKER_ADDRESS")
+WORKER_CONCURRENCY = env_int("CP_WORKER_CONCURRENCY", 2, minimum=1, maximum=256)
+WORKER_CONTROL_QUEUE = env_bool("CP_WORKER_CONTROL_QUEUE", True)
+WORKER_HEARTBEAT_INTERVAL = env_float("CP_WORKER_HEARTBEAT_INTERVAL", 5.0, minimum=0.2)
+WORKER_OFFLINE_AFTER = env_float("CP_WORKER_OFFLINE_AFTER", 30.0, minimum=1.0)
+CONTROL_QUEUE = "control"
+
+CELERY_BROKER_URL = BROKER_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_DEFAULT_QUEUE = CONTROL_QUEUE
+CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_TIMEZONE = "UTC"
+
+# --- REST API ------------------------------------------------------------------------------
+_RATE = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
+
+
+def _rate(name: str, default: str) -> str:
+    value = env_str(name, default)
+    if not _RATE.match(value):
+        raise ImproperlyConfigured(f"{name}={value!r} must look like 100/min (s, min, hour, day).")
+    return value
+
+
+API_MAX_BODY_BYTES = env_int("CP_API_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "controlplane.tenancy.auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["controlplane.tenancy.api.common.LimitedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "controlplane.tenancy.api.common.Pagination",
+    "PAGE_SIZE": env_int("CP_API_PAGE_SIZE", 50, minimum=1, maximum=1000),
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": _rate("CP_THROTTLE_USER", "1200/min"),
+        "anon": _rate("CP_THROTTLE_ANON", "60/min"),
+    },
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "controlplane.tenancy.api.common.exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "GPU control plane API",
+    "DESCRIPTION": "Training jobs, model serving and GPU telemetry. "
+    "Authenticate with a session or `Authorization: Bearer <token>`.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- auth, pages, static -------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+WHITENOISE_USE_FINDERS = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+ADMIN_PASSWORD = env_str("CP_ADMIN_PASSWORD")
+AUDIT_RETENTION_DAYS = env_int("CP_AUDIT_RETENTION_DAYS", 365, minimum=1)
+TOKEN_LAST_USED_RESOLUTION = 60  # seconds between writes of a token's last-used time
+HTTP_HOST = env_str("CP_HTTP_HOST", "127.0.0.1")
+HTTP_PORT = env_int("CP_HTTP_PORT", 8000, minimum=1, maximum=65535)
+
+LOG_LEVEL = env_choice("CP_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    # "Not ready" is /readyz's answer, not a server error: keep it out of the error log.
+    "filters": {"not_readyz": {"()": "controlplane.logs.NotReadyzFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["not_readyz"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- queues: this host's queue, plus the control queue for control-plane tasks -------------
+HOST_QUEUE = f"host.{HOSTNAME}"
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+CELERY_TASK_QUEUES = [
+    _queue(HOST_QUEUE),
+    *([_queue(CONTROL_QUEUE)] if WORKER_CONTROL_QUEUE else []),
+]
+CELERY_BEAT_SCHEDULE = {
+    "purge-audit-events": {"task": "tenancy.purge_audit_events", "schedule": 3600.0},
+}

@@ -1,0 +1,1 @@
+"""Tenancy: users, projects, memberships and roles, API tokens, the audit log."""

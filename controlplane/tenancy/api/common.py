@@ -1,0 +1,100 @@
+"""What every app's API shares: body limits, strict serializers, errors, pagination.
+
+The rule it enforces: bad input gets a 4xx whose message says what to fix, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DataError
+from rest_framework import exceptions, parsers, serializers, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+
+from controlplane.tenancy.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "payload_too_large"
+
+
+class LimitedJSONParser(parsers.JSONParser):
+    """JSON bodies up to ``CP_API_MAX_BODY_BYTES``; larger ones get a 413 before parsing."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        limit = settings.API_MAX_BODY_BYTES
+        request = (parser_context or {}).get("request")
+        declared = request.META.get("CONTENT_LENGTH") if request is not None else None
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit}.")
+        body = stream.read(limit + 1) if stream is not None else b""
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
+        if not body.strip():
+            raise exceptions.ParseError("The request body is empty; send a JSON object.")
+        try:
+            return json.loads(body.decode(parser_context.get("encoding", "utf-8")))
+        except UnicodeDecodeError:
+            raise exceptions.ParseError("The request body is not valid UTF-8.") from None
+        except ValueError as exc:
+            raise exceptions.ParseError(f"JSON parse error: {exc}.") from None
+
+
+class StrictSerializer(serializers.Serializer):
+    """A serializer that rejects fields it does not know instead of ignoring them.
+
+    Read-only fields are let through (and ignored), so a client may send back what it read.
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                writable = sorted(n for n, f in self.fields.items() if not f.read_only)
+                raise serializers.ValidationError(
+                    {
+                        name: [f"Unknown field. Fields you can set: {', '.join(writable)}."]
+                        for name in unknown
+                    }
+                )
+        return super().to_internal_value(data)
+
+
+class StrictModelSerializer(StrictSerializer, serializers.ModelSerializer):
+    """``StrictSerializer`` for model serializers."""
+
+
+class Pagination(PageNumberPagination):
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, plus service errors and model validation as 4xx with a message."""
+    if isinstance(exc, ServiceError):
+        body: dict[str, Any] = {"detail": exc.message}
+        if exc.field:
+            body[exc.field] = [exc.message]
+        return Response(body, status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
+        return Response(detail, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, DataError):
+        # A value the database refuses (an integer out of range, ...): the input's fault.
+        log.info("database refused a value: %s", exc)
+        return Response(
+            {"detail": "A value is out of range for its field."},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    # Imported here: rest_framework.views reads the API settings, which name this module.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    return drf_exception_handler(exc, context)

@@ -1,0 +1,21 @@
+"""URLs of the tenancy API, mounted under /api/v1/."""
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from controlplane.tenancy.api.views import MemberViewSet, ProjectViewSet, TokenViewSet
+
+router = SimpleRouter()
+router.register("projects", ProjectViewSet, basename="project")
+router.register("tokens", TokenViewSet, basename="token")
+
+members = MemberViewSet.as_view({"get": "list", "post": "create"})
+member = MemberViewSet.as_view(
+    {"get": "retrieve", "put": "update", "patch": "partial_update", "delete": "destroy"}
+)
+
+urlpatterns = [
+    *router.urls,
+    path("projects/<int:project_pk>/members/", members, name="project-members"),
+    path("projects/<int:project_pk>/members/<str:username>/", member, name="project-member"),
+]

@@ -1,0 +1,110 @@
+"""Authentication: ``Authorization: Bearer <token>`` for the API and websockets.
+
+Browsers use Django's session; other clients send a personal API token. For websockets, a
+browser always sends an ``Origin`` header, and a foreign one is refused; a client with no
+``Origin`` is not a browser and cannot be the victim of a cross-site request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+from django.http import HttpRequest
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from controlplane.tenancy import services
+
+
+def client_ip(request: HttpRequest | Request) -> str | None:
+    """The caller's address; the first X-Forwarded-For hop only behind a trusted proxy."""
+    meta = request.META
+    if settings.BEHIND_PROXY and meta.get("HTTP_X_FORWARDED_FOR"):
+        return meta["HTTP_X_FORWARDED_FOR"].split(",")[0].strip() or None
+    return meta.get("REMOTE_ADDR") or None
+
+
+def actor_for(request: HttpRequest | Request, via: str = "api") -> services.Actor:
+    """The audit ``Actor`` for a request."""
+    return services.Actor(user=request.user, ip=client_ip(request), via=via)
+
+
+def bearer_from_header(value: str | bytes | None) -> str | None:
+    """The token in an ``Authorization: Bearer ...`` value, '' if malformed, None if absent."""
+    if not value:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin1")
+    parts = value.split()
+    if not parts or parts[0].lower() != "bearer":
+        return None
+    return parts[1] if len(parts) == 2 else ""
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    """DRF authentication for personal API tokens."""
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        raw = bearer_from_header(request.META.get("HTTP_AUTHORIZATION"))
+        if raw is None:
+            return None
+        if raw == "":
+            raise exceptions.AuthenticationFailed(
+                "Malformed Authorization header: use 'Authorization: Bearer <token>'."
+            )
+        try:
+            token = services.authenticate_token(raw, ip=client_ip(request))
+        except services.TokenError as exc:
+            raise exceptions.AuthenticationFailed(str(exc)) from None
+        return token.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+class TokenAuthMiddleware:
+    """ASGI middleware: a websocket with a Bearer token is that token's user.
+
+    Runs inside ``AuthMiddlewareStack`` so a session user is already in the scope; a bad
+    token closes the handshake rather than falling back to anonymous.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        headers = dict(scope.get("headers", []))
+        raw = bearer_from_header(headers.get(b"authorization"))
+        if raw is not None:
+            user = await _user_for_token(raw, (scope.get("client") or [None])[0])
+            if user is None:
+                await send({"type": "websocket.close", "code": 4401})
+                return None
+            scope = dict(scope, user=user)
+        return await self.inner(scope, receive, send)
+
+
+@database_sync_to_async
+def _user_for_token(raw: str, ip: str | None) -> Any:
+    try:
+        return services.authenticate_token(raw, ip=ip).user
+    except services.TokenError:
+        return None
+
+
+class BrowserOriginValidator(OriginValidator):
+    """``AllowedHostsOriginValidator`` that also admits clients sending no Origin at all."""
+
+    def __init__(self, application: Any) -> None:
+        allowed = list(settings.ALLOWED_HOSTS)
+        if settings.DEBUG and not allowed:
+            allowed = ["localhost", "127.0.0.1", "[::1]"]
+        super().__init__(application, allowed)
+
+    def valid_origin(self, parsed_origin: Any) -> bool:
+        if parsed_origin is None:
+            return True
+        return super().valid_origin(parsed_origin)

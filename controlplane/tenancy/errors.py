@@ -1,0 +1,26 @@
+"""Errors that services raise; the API turns them into 4xx responses with their message."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request that cannot be carried out as asked. ``field`` names the input at fault."""
+
+    status_code = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class Conflict(ServiceError):
+    """The request clashes with the current state (already a member, last admin, ...)."""
+
+    status_code = 409
+
+
+class Forbidden(ServiceError):
+    """The caller may see the object but lacks the role for this action."""
+
+    status_code = 403

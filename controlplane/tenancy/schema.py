@@ -1,0 +1,16 @@
+"""OpenAPI description of the Bearer token authentication (for drf-spectacular)."""
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "controlplane.tenancy.auth.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A personal API token: POST /api/v1/tokens/ or "
+            "`manage.py create_token USERNAME`.",
+        }

@@ -1,0 +1,34 @@
+"""URL map: pages, admin, probes, the REST API under /api/v1/ and its schema."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from controlplane import views
+from controlplane.cluster.api import GpuViewSet, WorkerViewSet
+
+cluster = SimpleRouter()
+cluster.register("workers", WorkerViewSet, basename="worker")
+cluster.register("gpus", GpuViewSet, basename="gpu")
+
+api_v1 = [
+    path("", include("controlplane.tenancy.api.urls")),
+    *cluster.urls,
+]
+
+admin.site.site_header = "GPU control plane"
+admin.site.site_title = "GPU control plane"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
