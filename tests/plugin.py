@@ -65,6 +65,8 @@ def pytest_load_initial_conftests(early_config, parser, args) -> None:
     os.environ["CP_VAR_DIR"] = var_dir
     os.environ.setdefault("CP_HOSTNAME", f"test-{uuid.uuid4().hex[:8]}")
     os.environ["CP_CACHE_PREFIX"] = f"cp-test-{uuid.uuid4().hex[:8]}"
+    # Threads (websocket consumers) must not keep connections that block dropping the test DB.
+    os.environ["CP_DB_CONN_MAX_AGE"] = "0"
     if not os.environ.get("REDIS_URL"):
         proc, url = start_embedded_redis(var_dir)
         _started.append(proc)

@@ -1,0 +1,175 @@
+"""Start the real stack (``python -m controlplane.stack``, what ``make run`` runs) for tests.
+
+Each ``Stack`` gets its own var directory, free ports, a unique host name and, when the
+session runs against PostgreSQL, a database of its own (created and dropped here), so it
+never touches the developer's ``var/`` or another run's data. The fake NVML library is on
+its PYTHONPATH, so its worker reports the GPUs ``fake_gpus`` asks for.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import httpx
+import psutil
+
+from tests.plugin import ORIGINAL_ENV, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
+ADMIN_PASSWORD = "e2e-admin-password"
+
+
+class PostgresDatabase:
+    """A throw-away database on the server named by ``DATABASE_URL``."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.server_url = url
+        self.name = f"cp_e2e_{uuid.uuid4().hex[:10]}"
+        parts = urlparse(url)
+        self.url = urlunparse(parts._replace(path=f"/{self.name}"))
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+
+    def drop(self) -> None:
+        with self._psycopg.connect(self.server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class Stack:
+    def __init__(self, *, fake_gpus: int = 2, extra_env: dict[str, str] | None = None) -> None:
+        self.var_dir = Path(tempfile.mkdtemp(prefix="cp-e2e-"))
+        self.hostname = f"e2e-{uuid.uuid4().hex[:8]}"
+        self.http_port = free_port()
+        self.redis_port = free_port()
+        self.database: PostgresDatabase | None = None
+        keep = ("CP_BROKER_URL",)  # CI runs the stack once with RabbitMQ as the broker
+        env = {
+            k: v
+            for k, v in ORIGINAL_ENV.items()
+            if k in keep or not k.startswith(("CP_", "FAKE_NVML"))
+        }
+        if env.get("DATABASE_URL", "").startswith("postgres"):
+            self.database = PostgresDatabase(env["DATABASE_URL"])
+            env["DATABASE_URL"] = self.database.url
+        env.update(
+            {
+                "CP_VAR_DIR": str(self.var_dir),
+                "CP_HOSTNAME": self.hostname,
+                "CP_CACHE_PREFIX": f"cp-{self.hostname}",
+                "CP_HTTP_PORT": str(self.http_port),
+                "CP_EMBEDDED_REDIS_PORT": str(self.redis_port),
+                "CP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "CP_WORKER_HEARTBEAT_INTERVAL": "1",
+                "PYTHONPATH": os.pathsep.join([str(FAKE_NVML_DIR), str(ROOT)]),
+                "FAKE_NVML_GPUS": str(fake_gpus),
+                **(extra_env or {}),
+            }
+        )
+        self.env = env
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.proc: subprocess.Popen | None = None
+        self.output: list[str] = []
+
+    @property
+    def redis_url(self) -> str:
+        return self.env.get("REDIS_URL") or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def broker_url(self) -> str:
+        return self.env.get("CP_BROKER_URL") or self.redis_url
+
+    def start(self) -> Stack:
+        self.output = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controlplane.stack"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group, like a terminal's foreground job
+        )
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def log(self) -> str:
+        return "".join(self.output[-200:])
+
+    def wait_for_output(self, text: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not printed in {timeout} s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def wait_ready(self, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the stack exited early:\n{self.log()}")
+            try:
+                response = httpx.get(f"{self.url}/readyz", timeout=3)
+                last = response.json()
+                if response.status_code == 200:
+                    return last
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"not ready in {timeout} s: {last}\n{self.log()}")
+
+    def processes(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def manage(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def interrupt(self, timeout: float = 60) -> int:
+        """Ctrl-C: SIGINT to the stack's process group; its exit code."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        leftovers = self.processes()
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        for proc in leftovers:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        self.kill()
+        if self.database is not None:
+            self.database.drop()
