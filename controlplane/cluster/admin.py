@@ -1,6 +1,7 @@
 """Admin pages for the inventory (read-only: workers write it themselves)."""
 
 from django.contrib import admin
+from django.db.models import Count
 
 from controlplane.cluster.models import Gpu, Worker
 
@@ -20,13 +21,16 @@ class WorkerAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Worker._meta.fields]
     inlines = [GpuInline]
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(gpu_total=Count("gpus"))
+
     @admin.display(boolean=True)
     def online(self, obj: Worker) -> bool:
         return obj.is_online
 
-    @admin.display(description="GPUs")
+    @admin.display(description="GPUs", ordering="gpu_total")
     def gpu_count(self, obj: Worker) -> int:
-        return obj.gpus.count()
+        return obj.gpu_total
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
@@ -24,8 +23,6 @@ from controlplane.tenancy.api.serializers import (
 )
 from controlplane.tenancy.auth import actor_for
 from controlplane.tenancy.models import ApiToken, Membership, Project, Role
-
-User = get_user_model()
 
 
 class ProjectViewSet(
