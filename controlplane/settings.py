@@ -192,7 +192,9 @@ if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", HOSTNAME):
         f"CP_HOSTNAME={HOSTNAME!r}: use letters, digits, '.', '_' or '-' (at most 63)."
     )
 WORKER_ADDRESS = env_str("CP_WORKER_ADDRESS")
-WORKER_CONCURRENCY = env_int("CP_WORKER_CONCURRENCY", 2, minimum=1, maximum=256)
+WORKER_CONCURRENCY = env_int("CP_WORKER_CONCURRENCY", 16, minimum=2, maximum=512)
+WORKER_CPU_SLOTS = env_int("CP_WORKER_CPU_SLOTS", os.cpu_count() or 1, minimum=0, maximum=4096)
+WORKER_NET_IFNAME = env_str("CP_WORKER_NET_IFNAME")
 WORKER_CONTROL_QUEUE = env_bool("CP_WORKER_CONTROL_QUEUE", True)
 WORKER_HEARTBEAT_INTERVAL = env_float("CP_WORKER_HEARTBEAT_INTERVAL", 5.0, minimum=0.2)
 WORKER_OFFLINE_AFTER = env_float("CP_WORKER_OFFLINE_AFTER", 30.0, minimum=1.0)
@@ -207,6 +209,10 @@ CELERY_RESULT_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_DEFAULT_QUEUE = CONTROL_QUEUE
 CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY
+# Threads: a task that supervises a job's processes waits on pipes, not the CPU; and when
+# the worker process dies, the jobs it supervised die with it (see workers/guard.py).
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -265,6 +271,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "JobStateEnum": "jobs.states.JobState",
+        "AttemptStateEnum": "jobs.states.AttemptState",
+        "NodeStateEnum": "jobs.models.NodeState",
+        "StopReasonEnum": "jobs.states.StopReason",
+    },
 }
 
 # --- auth, pages, static -------------------------------------------------------------------
@@ -326,6 +338,30 @@ CELERY_TASK_QUEUES = [
     _queue(HOST_QUEUE),
     *([_queue(CONTROL_QUEUE)] if WORKER_CONTROL_QUEUE else []),
 ]
+SCHEDULER_INTERVAL = env_float("CP_SCHEDULER_INTERVAL", 1.0, minimum=0.1, maximum=60)
 CELERY_BEAT_SCHEDULE = {
     "purge-audit-events": {"task": "tenancy.purge_audit_events", "schedule": 3600.0},
+    "jobs-tick": {
+        "task": "jobs.tick",
+        "schedule": SCHEDULER_INTERVAL,
+        "options": {"expires": max(2.0, SCHEDULER_INTERVAL * 2), "queue": CONTROL_QUEUE},
+    },
 }
+
+# --- jobs ----------------------------------------------------------------------------------
+STORAGE_DIR = Path(env_str("CP_STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
+JOB_CODE_DIRS = [Path(p).resolve() for p in env_list("CP_JOB_CODE_DIRS", [])]
+JOB_BUILTIN_MODULES = env_list("CP_JOB_BUILTIN_MODULES", ["workers.recipes."])
+JOB_CODE_MAX_BYTES = env_int("CP_JOB_CODE_MAX_BYTES", 50 * 1024 * 1024, minimum=1024)
+JOB_CODE_MAX_FILES = env_int("CP_JOB_CODE_MAX_FILES", 10_000, minimum=1)
+JOB_LEASE_SECONDS = env_float("CP_JOB_LEASE_SECONDS", 30.0, minimum=1.0)
+JOB_LEASE_RENEW_INTERVAL = env_float(
+    "CP_JOB_LEASE_RENEW_INTERVAL", max(0.5, JOB_LEASE_SECONDS / 6), minimum=0.1
+)
+JOB_START_TIMEOUT = env_float("CP_JOB_START_TIMEOUT", 120.0, minimum=1.0)
+JOB_STOP_GRACE_SECONDS = env_float("CP_JOB_STOP_GRACE_SECONDS", 30.0, minimum=0.0)
+JOB_LOG_CAP_BYTES = env_int("CP_JOB_LOG_CAP_BYTES", 20 * 1024 * 1024, minimum=1024)
+if JOB_LEASE_RENEW_INTERVAL * 2 > JOB_LEASE_SECONDS:
+    raise ImproperlyConfigured(
+        "CP_JOB_LEASE_RENEW_INTERVAL must be at most half of CP_JOB_LEASE_SECONDS."
+    )

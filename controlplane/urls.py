@@ -15,6 +15,7 @@ cluster.register("gpus", GpuViewSet, basename="gpu")
 
 api_v1 = [
     path("", include("controlplane.tenancy.api.urls")),
+    path("", include("jobs.api.urls")),
     *cluster.urls,
 ]
 

@@ -55,6 +55,7 @@ def collect(node: str = "") -> HostInfo:
         version=VERSION,
         cpu_count=os.cpu_count() or 1,
         memory_bytes=psutil.virtual_memory().total,
+        cpu_slots=settings.WORKER_CPU_SLOTS,
         concurrency=settings.WORKER_CONCURRENCY,
         nvml_status=nvml.status,
         driver_version=nvml.driver_version,

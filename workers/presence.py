@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from django.conf import settings
 from django.db import close_old_connections, connection
 
@@ -55,6 +55,14 @@ def on_worker_ready(sender=None, **kwargs) -> None:
     )
     _heartbeat = Heartbeat(node)
     _heartbeat.start()
+
+
+@worker_shutting_down.connect
+def on_worker_shutting_down(sender=None, **kwargs) -> None:
+    """Stop this host's jobs gracefully (they checkpoint) and let them requeue elsewhere."""
+    from workers.launcher import DRAINING
+
+    DRAINING.set()
 
 
 @worker_shutdown.connect

@@ -34,6 +34,7 @@ class WorkerSerializer(serializers.ModelSerializer):
             "queue",
             "cpu_count",
             "memory_bytes",
+            "cpu_slots",
             "concurrency",
             "version",
             "nvml_status",

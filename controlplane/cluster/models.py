@@ -29,6 +29,9 @@ class Worker(models.Model):
     version = models.CharField(max_length=40, blank=True)
     cpu_count = models.PositiveIntegerField(default=0)
     memory_bytes = models.BigIntegerField(default=0)
+    cpu_slots = models.PositiveIntegerField(
+        default=0, help_text="Processes of CPU-only jobs it runs at once (CP_WORKER_CPU_SLOTS)."
+    )
     concurrency = models.PositiveIntegerField(default=1)
     nvml_status = models.CharField(
         max_length=200, blank=True, help_text="'ok', or why NVIDIA GPUs could not be read."

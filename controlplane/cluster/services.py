@@ -32,6 +32,7 @@ class HostInfo:
     version: str = ""
     cpu_count: int = 0
     memory_bytes: int = 0
+    cpu_slots: int = 0
     concurrency: int = 1
     nvml_status: str = ""
     driver_version: str = ""
@@ -50,6 +51,7 @@ def register_worker(info: HostInfo) -> Worker:
         "version": info.version,
         "cpu_count": info.cpu_count,
         "memory_bytes": info.memory_bytes,
+        "cpu_slots": info.cpu_slots,
         "concurrency": info.concurrency,
         "nvml_status": info.nvml_status[:200],
         "driver_version": info.driver_version[:40],

@@ -1,0 +1,338 @@
+"""An attempt's life on the database side: claim, lease renewal, exit, and the reaper.
+
+Every write from a worker is conditional on its claim (the fencing token it got when it
+claimed the node): a worker that lost its lease, or a duplicate start message, changes
+nothing. An attempt ends only when each of its nodes has exited or been given up on (lease
+expired), so a job never has processes of two attempts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from jobs import events, storage
+from jobs.models import Attempt, AttemptNode, Job, NodeState, Reservation
+from jobs.states import ATTEMPT_LIVE, AttemptState, JobState, StopReason
+
+log = logging.getLogger(__name__)
+TICK_TASK = "jobs.tick"
+
+_FINAL_STATE = {
+    StopReason.CANCEL: AttemptState.CANCELLED,
+    StopReason.PREEMPT: AttemptState.PREEMPTED,
+    StopReason.DRAIN: AttemptState.PREEMPTED,
+    StopReason.RUNTIME: AttemptState.FAILED,
+    StopReason.PEER_FAILED: AttemptState.FAILED,
+    StopReason.LOST: AttemptState.LOST,
+}
+
+
+def request_tick() -> None:
+    """Ask for a scheduler pass after this transaction commits."""
+    transaction.on_commit(lambda: current_app.send_task(TICK_TASK, queue=settings.CONTROL_QUEUE))
+
+
+def lease_until(now=None):
+    return (now or timezone.now()) + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+
+
+@dataclass
+class NodePlan:
+    """What a worker needs to start its node of an attempt."""
+
+    node_id: int
+    claim: str
+    token: str
+    job_id: int
+    attempt_id: int
+    attempt: int
+    rank: int
+    nodes: int
+    procs_per_node: int
+    gpu_indices: list[int]
+    entrypoint: list[str]
+    args: list[str]
+    env: dict[str, str]
+    code_dir: str
+    resume_from: str
+    checkpoint_dir: str
+    work_dir: str
+
+
+def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
+    """Claim a node of an attempt for this worker; None when it is not (or no longer) ours."""
+    now = timezone.now()
+    claim = uuid.uuid4().hex
+    token = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        claimed = AttemptNode.objects.filter(
+            attempt_id=attempt_id,
+            rank=rank,
+            worker_name=worker_name,
+            state=NodeState.WAITING,
+            attempt__state__in=ATTEMPT_LIVE,
+            attempt__stop_requested="",
+        ).update(
+            state=NodeState.RUNNING,
+            claim=claim,
+            claimed_at=now,
+            lease_expires_at=lease_until(now),
+            token_digest=hashlib.sha256(token.encode()).hexdigest(),
+        )
+        if claimed != 1:
+            return None
+        node = AttemptNode.objects.select_related("attempt__job").get(
+            attempt_id=attempt_id, rank=rank
+        )
+        attempt, job = node.attempt, node.attempt.job
+        if attempt.state == AttemptState.SCHEDULED:
+            Attempt.objects.filter(pk=attempt.pk, state=AttemptState.SCHEDULED).update(
+                state=AttemptState.RUNNING, started_at=now
+            )
+        if job.state == JobState.SCHEDULED:
+            job = Job.objects.select_for_update().get(pk=job.pk)
+            if job.state == JobState.SCHEDULED:
+                job.save(
+                    update_fields=job.move_to(
+                        JobState.RUNNING, started_at=job.started_at or now, reason=""
+                    )
+                )
+                events.job_changed(job)
+    return NodePlan(
+        node_id=node.pk,
+        claim=claim,
+        token=token,
+        job_id=job.pk,
+        attempt_id=attempt.pk,
+        attempt=attempt.number,
+        rank=rank,
+        nodes=job.nodes,
+        procs_per_node=job.procs_per_node,
+        gpu_indices=list(node.gpu_indices),
+        entrypoint=list(job.entrypoint),
+        args=list(job.args),
+        env=dict(job.env),
+        code_dir=job.code_dir,
+        resume_from=attempt.resume_from,
+        checkpoint_dir=str(storage.checkpoint_root(job.pk)),
+        work_dir=str(storage.work_dir(job.pk, attempt.number, rank)),
+    )
+
+
+def publish_master(attempt_id: int, address: str, port: int) -> None:
+    """Rank 0 tells the other nodes where to rendezvous."""
+    Attempt.objects.filter(pk=attempt_id).update(master_addr=address, master_port=port)
+
+
+def master_of(attempt_id: int) -> tuple[str, int] | None:
+    """The rendezvous address rank 0 published, once it has."""
+    row = (
+        Attempt.objects.filter(pk=attempt_id)
+        .values_list("master_addr", "master_port", "state")
+        .first()
+    )
+    if row is None or row[2] not in ATTEMPT_LIVE or not row[1]:
+        return None
+    return row[0], row[1]
+
+
+def set_pid(node_id: int, claim: str, pid: int) -> None:
+    AttemptNode.objects.filter(pk=node_id, claim=claim).update(pid=pid)
+
+
+@dataclass
+class Lease:
+    held: bool  # False: fenced (the attempt ended or another run owns the node): stop now
+    stop: str  # a StopReason when the control plane asks the node to stop, else ""
+
+
+def renew(node_id: int, claim: str) -> Lease:
+    """Extend the node's lease; tells the worker whether to go on."""
+    held = AttemptNode.objects.filter(
+        pk=node_id, claim=claim, state=NodeState.RUNNING, attempt__state__in=ATTEMPT_LIVE
+    ).update(lease_expires_at=lease_until())
+    if not held:
+        return Lease(held=False, stop="")
+    stop = (
+        Attempt.objects.filter(nodes__pk=node_id).values_list("stop_requested", flat=True).first()
+    )
+    return Lease(held=True, stop=stop or "")
+
+
+def request_stop(node_id: int, claim: str, reason: str) -> None:
+    """A node asks its whole attempt to stop (its worker is shutting down)."""
+    Attempt.objects.filter(
+        nodes__pk=node_id, nodes__claim=claim, state__in=ATTEMPT_LIVE, stop_requested=""
+    ).update(stop_requested=reason)
+
+
+def finish_node(node_id: int, claim: str, exit_code: int | None, detail: str = "") -> None:
+    """The node's processes exited with ``exit_code``."""
+    now = timezone.now()
+    with transaction.atomic():
+        done = AttemptNode.objects.filter(pk=node_id, claim=claim, state=NodeState.RUNNING).update(
+            state=NodeState.EXITED, exit_code=exit_code, finished_at=now
+        )
+        if not done:
+            return  # fenced: the reaper or another run already settled it
+        node = AttemptNode.objects.select_related("attempt").get(pk=node_id)
+        Reservation.objects.filter(node=node).delete()
+        attempt = Attempt.objects.select_for_update().get(pk=node.attempt_id)
+        if attempt.state not in ATTEMPT_LIVE:
+            return
+        if exit_code != 0 and not attempt.stop_requested:
+            attempt.stop_requested = StopReason.PEER_FAILED
+            attempt.exit_code = exit_code
+            attempt.reason = (
+                detail or f"node {node.rank} on {node.worker_name} exited with code {exit_code}"
+            )[:300]
+            attempt.save(update_fields=["stop_requested", "exit_code", "reason"])
+        settle(attempt, now)
+
+
+def _give_up_on(node: AttemptNode, attempt: Attempt, why: str, now) -> None:
+    """Mark a node that will never report (lease expired, never started) as gone."""
+    AttemptNode.objects.filter(pk=node.pk).update(state=NodeState.EXITED, finished_at=now)
+    Reservation.objects.filter(node=node).delete()
+    if not attempt.stop_requested:
+        attempt.stop_requested = StopReason.LOST
+        attempt.reason = why[:300]
+        attempt.save(update_fields=["stop_requested", "reason"])
+
+
+def settle(attempt: Attempt, now) -> None:
+    """End the attempt once no node of it can still be running. Caller holds its row lock."""
+    nodes = list(attempt.nodes.all())
+    if attempt.stop_requested:
+        unstarted = [n for n in nodes if n.state == NodeState.WAITING]
+        if unstarted:  # fence them: a late start message finds nothing to claim
+            AttemptNode.objects.filter(pk__in=[n.pk for n in unstarted]).update(
+                state=NodeState.EXITED, finished_at=now
+            )
+            Reservation.objects.filter(node__in=unstarted).delete()
+            for node in unstarted:
+                node.state = NodeState.EXITED
+    if any(n.state != NodeState.EXITED for n in nodes):
+        return
+    if attempt.stop_requested:
+        state = _FINAL_STATE[StopReason(attempt.stop_requested)]
+    else:
+        state = AttemptState.SUCCEEDED
+    _finalize(attempt, state, now)
+
+
+def _finalize(attempt: Attempt, state: str, now) -> None:
+    attempt.state = state
+    attempt.finished_at = now
+    if state == AttemptState.SUCCEEDED:
+        attempt.exit_code = 0
+    attempt.save(update_fields=["state", "finished_at", "exit_code"])
+    Reservation.objects.filter(attempt=attempt).delete()
+    job = Job.objects.select_for_update().get(pk=attempt.job_id)
+    if job.is_terminal():
+        return
+    stop = attempt.stop_requested
+    if state == AttemptState.SUCCEEDED:
+        fields = job.move_to(JobState.SUCCEEDED, exit_code=0, finished_at=now, reason="")
+    elif state == AttemptState.CANCELLED:
+        fields = job.move_to(JobState.CANCELLED, finished_at=now, reason="Cancelled.")
+    elif state == AttemptState.PREEMPTED:
+        why = "its worker shut down" if stop == StopReason.DRAIN else "preempted"
+        fields = job.move_to(
+            JobState.PENDING,
+            preemptions=job.preemptions + 1,
+            reason=f"Attempt {attempt.number} {why}; it resumes from its last checkpoint.",
+        )
+    elif stop == StopReason.RUNTIME:
+        fields = job.move_to(
+            JobState.FAILED,
+            finished_at=now,
+            exit_code=attempt.exit_code,
+            reason=f"Stopped: it ran longer than its max_runtime of {job.max_runtime} s.",
+        )
+    elif job.restarts < job.max_restarts:
+        fields = job.move_to(
+            JobState.PENDING,
+            restarts=job.restarts + 1,
+            reason=(
+                f"Attempt {attempt.number} {state.lower()}: {attempt.reason or 'no reason'}; "
+                f"restart {job.restarts + 1} of {job.max_restarts}."
+            )[:300],
+        )
+    else:
+        fields = job.move_to(
+            JobState.FAILED,
+            finished_at=now,
+            exit_code=attempt.exit_code,
+            reason=(
+                f"Attempt {attempt.number} {state.lower()}: {attempt.reason or 'no reason'}; "
+                f"no restarts left ({job.max_restarts} allowed)."
+            )[:300],
+        )
+    job.save(update_fields=fields)
+    events.job_changed(job)
+    request_tick()
+
+
+def reap(now=None) -> int:
+    """Settle attempts whose nodes stopped heartbeating or never started, and stop those
+    past their max_runtime. Returns how many nodes were given up on."""
+    now = now or timezone.now()
+    given_up = 0
+    expired = AttemptNode.objects.filter(
+        state=NodeState.RUNNING, lease_expires_at__lt=now, attempt__state__in=ATTEMPT_LIVE
+    ).values_list("pk", flat=True)
+    never_started = AttemptNode.objects.filter(
+        state=NodeState.WAITING,
+        attempt__state__in=ATTEMPT_LIVE,
+        attempt__stop_requested="",
+        attempt__created_at__lt=now - timedelta(seconds=settings.JOB_START_TIMEOUT),
+    ).values_list("pk", flat=True)
+    for node_id, why in [(pk, "lease") for pk in expired] + [(pk, "start") for pk in never_started]:
+        with transaction.atomic():
+            node = AttemptNode.objects.select_related("attempt").get(pk=node_id)
+            attempt = Attempt.objects.select_for_update().get(pk=node.attempt_id)
+            node.refresh_from_db()
+            if attempt.state not in ATTEMPT_LIVE or node.state == NodeState.EXITED:
+                continue
+            if why == "lease" and (node.lease_expires_at is None or node.lease_expires_at >= now):
+                continue  # renewed meanwhile
+            message = (
+                f"node {node.rank} on {node.worker_name} stopped renewing its lease (worker lost)"
+                if why == "lease"
+                else f"node {node.rank} was never started by {node.worker_name}"
+            )
+            _give_up_on(node, attempt, message, now)
+            settle(attempt, now)
+            given_up += 1
+    _stop_overdue(now)
+    return given_up
+
+
+def _stop_overdue(now) -> None:
+    for attempt_id, started, limit in Attempt.objects.filter(
+        state=AttemptState.RUNNING, stop_requested="", job__max_runtime__isnull=False
+    ).values_list("pk", "started_at", "job__max_runtime"):
+        if started is not None and started + timedelta(seconds=limit) < now:
+            Attempt.objects.filter(pk=attempt_id, stop_requested="").update(
+                stop_requested=StopReason.RUNTIME
+            )
+
+
+def remove_tree(path: str | Path, inside: Path) -> None:
+    """Delete a directory, but only one inside ``inside`` (never anything else)."""
+    target = Path(path)
+    if storage.is_inside(target, inside) and target.resolve() != inside.resolve():
+        shutil.rmtree(target, ignore_errors=True)

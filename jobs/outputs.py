@@ -1,0 +1,131 @@
+"""What a running job produces, recorded for it: log chunks (with a per-job cap), metrics
+and checkpoints (with the keep-last-K policy). Each is also sent to the job's watchers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from jobs import events, storage
+from jobs.lifecycle import remove_tree
+from jobs.models import Checkpoint, Job, LogChunk, Metric
+
+MAX_METRIC_NAME = 100
+MAX_METRICS_PER_REPORT = 100
+
+
+def record_logs(job_id: int, attempt: int, node: int, text: str) -> LogChunk | None:
+    """Append output; past the job's cap, one truncation marker and then nothing."""
+    if not text:
+        return None
+    cap = settings.JOB_LOG_CAP_BYTES
+    with transaction.atomic():
+        job = Job.objects.select_for_update().only("log_bytes", "log_truncated").get(pk=job_id)
+        if job.log_truncated:
+            return None
+        data = text.encode("utf-8", "replace")
+        truncated = job.log_bytes + len(data) > cap
+        if truncated:
+            room = max(0, cap - job.log_bytes)
+            text = data[:room].decode("utf-8", "ignore") + (
+                f"\n[log truncated: this job's output passed its limit of {cap} bytes; "
+                "the rest is not kept]\n"
+            )
+        Job.objects.filter(pk=job_id).update(
+            log_bytes=F("log_bytes") + len(data), log_truncated=truncated
+        )
+        chunk = LogChunk.objects.create(job_id=job_id, attempt=attempt, node=node, text=text)
+    events.send(
+        job_id, {"type": "log", "id": chunk.pk, "attempt": attempt, "node": node, "text": text}
+    )
+    return chunk
+
+
+def _clean_values(values: dict[str, Any]) -> dict[str, float]:
+    clean = {}
+    for name, value in list(values.items())[:MAX_METRICS_PER_REPORT]:
+        if not isinstance(name, str) or not name or len(name) > MAX_METRIC_NAME:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            clean[name] = float(value)
+    return clean
+
+
+def record_metrics(
+    job_id: int, attempt: int, step: int, values: dict[str, Any], total: int | None = None
+) -> list[Metric]:
+    """Store one report (``step`` and named numbers); non-finite or odd values are dropped."""
+    clean = _clean_values(values)
+    if not clean:
+        return []
+    now = timezone.now()
+    rows = Metric.objects.bulk_create(
+        [
+            Metric(job_id=job_id, attempt=attempt, step=step, name=n, value=v, created_at=now)
+            for n, v in clean.items()
+        ]
+    )
+    progress = {"step": step, "metrics": clean, "time": now.isoformat()}
+    if total:
+        progress["total"] = int(total)
+    Job.objects.filter(pk=job_id).update(progress=progress)
+    last_id = max((r.pk for r in rows if r.pk), default=None)
+    events.send(
+        job_id,
+        {"type": "metrics", "id": last_id, "step": step, "values": clean, "total": total},
+    )
+    return rows
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def record_checkpoint(
+    job_id: int, attempt_id: int | None, step: int, path: str, metrics: dict | None = None
+) -> Checkpoint | None:
+    """Register a complete checkpoint; prune the oldest beyond the job's keep policy."""
+    root = storage.checkpoint_root(job_id)
+    target = Path(path)
+    if not target.exists() or not storage.is_inside(target, root):
+        return None  # only checkpoints written where the job was told to write them
+    with transaction.atomic():
+        job = Job.objects.select_for_update().only("checkpoint_keep").get(pk=job_id)
+        checkpoint, _ = Checkpoint.objects.update_or_create(
+            job_id=job_id,
+            step=step,
+            defaults={
+                "attempt_id": attempt_id,
+                "path": str(target),
+                "size_bytes": _size(target),
+                "metrics": _clean_values(metrics or {}),
+                "created_at": timezone.now(),
+            },
+        )
+        stale = list(
+            Checkpoint.objects.filter(job_id=job_id).order_by("-step")[job.checkpoint_keep :]
+        )
+        Checkpoint.objects.filter(pk__in=[c.pk for c in stale]).delete()
+    for old in stale:
+        if old.path != checkpoint.path:
+            remove_tree(old.path, root)
+    events.send(
+        job_id,
+        {
+            "type": "checkpoint",
+            "step": step,
+            "path": checkpoint.path,
+            "size": checkpoint.size_bytes,
+        },
+    )
+    return checkpoint

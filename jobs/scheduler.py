@@ -1,0 +1,435 @@
+"""The scheduler: one pass places PENDING jobs onto free GPUs (or CPU slots).
+
+A pass runs in one transaction, under a lock (a PostgreSQL advisory lock; SQLite takes its
+write lock at BEGIN), so two schedulers never book the same device; the unique constraint
+on ``Reservation(worker, kind, index)`` makes that a database guarantee as well.
+
+Order: priority (high first); within a priority, fair share (the project using the fewest
+GPUs right now goes next, recomputed as the pass places jobs); then age. A job is placed
+only when all its nodes fit at once (gang placement), each node on its own online host,
+choosing the hosts it fits most tightly (best fit keeps big holes for big jobs).
+
+Rules that keep big jobs from starving (documented in the README):
+
+- **Reservation for the head job.** The first job of the pass that does not fit for lack
+  of capacity reserves the hosts it would use (those closest to fitting it). Later jobs of
+  the pass may only use other hosts (no backfill onto the reserved ones), so those hosts
+  drain until the head job fits.
+- **Preemption.** A job that does not fit may stop running jobs of *lower* priority to make
+  room (only high priority preempts normal and low; normal preempts low). Victims get
+  SIGTERM (a chance to checkpoint), go back to PENDING, resume later from their checkpoint,
+  and are counted as preemptions, not restarts. While victims are stopping, their devices
+  count as free-soon, so nothing else is preempted for the same job.
+
+Quotas (``max_gpus``, ``max_concurrent_jobs`` of the project) are checked before
+placement; a job over quota waits without blocking other projects.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from celery import current_app
+from django.db import connection, transaction
+from django.utils import timezone
+
+from controlplane.cluster.models import Gpu, Worker
+from controlplane.tenancy.models import Project
+from jobs.models import Attempt, AttemptNode, Checkpoint, Job, Reservation
+from jobs.states import ATTEMPT_LIVE, JobState, Priority, StopReason
+
+log = logging.getLogger(__name__)
+LOCK_KEY = 0x6370_5343  # "cpSC": the advisory lock of a scheduling pass
+RUN_ATTEMPT_TASK = "workers.run_attempt"
+
+
+@dataclass
+class Host:
+    id: int
+    name: str
+    address: str
+    gpus: list[int]
+    slots: int
+    free_gpus: list[int] = field(default_factory=list)
+    free_slots: list[int] = field(default_factory=list)
+    # devices held by attempts that are already stopping: free soon
+    stopping_gpus: int = 0
+    stopping_slots: int = 0
+
+    def free(self, gpu_job: bool) -> int:
+        return len(self.free_gpus) if gpu_job else len(self.free_slots)
+
+    def soon(self, gpu_job: bool) -> int:
+        return self.stopping_gpus if gpu_job else self.stopping_slots
+
+
+@dataclass
+class Running:
+    """A live attempt as the scheduler sees it, for quotas and preemption."""
+
+    attempt_id: int
+    job_id: int
+    project_id: int
+    priority: int
+    gpus: int
+    started: float
+    stopping: bool
+    devices: dict[int, tuple[int, int]]  # host id -> (gpus, slots) it holds there
+
+
+@dataclass
+class Decision:
+    placed: list[int] = field(default_factory=list)  # attempt ids
+    preempted: list[int] = field(default_factory=list)  # attempt ids asked to stop
+    waiting: int = 0
+
+
+def _lock() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
+
+
+def _load_hosts(now) -> dict[int, Host]:
+    hosts: dict[int, Host] = {}
+    for worker in Worker.objects.online(now).values("id", "name", "address", "cpu_slots"):
+        hosts[worker["id"]] = Host(
+            id=worker["id"],
+            name=worker["name"],
+            address=worker["address"],
+            gpus=[],
+            slots=worker["cpu_slots"],
+        )
+    for worker_id, index in Gpu.objects.filter(worker_id__in=hosts).values_list(
+        "worker_id", "index"
+    ):
+        hosts[worker_id].gpus.append(index)
+    taken: dict[tuple[int, str], set[int]] = defaultdict(set)
+    for worker_id, kind, index in Reservation.objects.filter(worker_id__in=hosts).values_list(
+        "worker_id", "kind", "index"
+    ):
+        taken[(worker_id, kind)].add(index)
+    for host in hosts.values():
+        host.gpus.sort()
+        host.free_gpus = [i for i in host.gpus if i not in taken[(host.id, Reservation.GPU)]]
+        host.free_slots = [
+            i for i in range(host.slots) if i not in taken[(host.id, Reservation.CPU)]
+        ]
+    return hosts
+
+
+def _load_running() -> list[Running]:
+    attempts: dict[int, Running] = {}
+    rows = Reservation.objects.filter(attempt__state__in=ATTEMPT_LIVE).values_list(
+        "attempt_id",
+        "attempt__job_id",
+        "attempt__job__project_id",
+        "attempt__job__priority",
+        "attempt__job__nodes",
+        "attempt__job__gpus_per_node",
+        "attempt__created_at",
+        "attempt__stop_requested",
+        "worker_id",
+        "kind",
+    )
+    for attempt_id, job_id, project_id, prio, nodes, gpn, created, stop, worker_id, kind in rows:
+        run = attempts.get(attempt_id)
+        if run is None:
+            run = attempts[attempt_id] = Running(
+                attempt_id=attempt_id,
+                job_id=job_id,
+                project_id=project_id,
+                priority=prio,
+                gpus=nodes * gpn,
+                started=created.timestamp(),
+                stopping=bool(stop),
+                devices={},
+            )
+        gpus, slots = run.devices.get(worker_id, (0, 0))
+        run.devices[worker_id] = (gpus + (kind == Reservation.GPU), slots + (kind == "cpu"))
+    return list(attempts.values())
+
+
+def _fit(job: Job, hosts: list[Host], extra: dict[int, int] | None = None) -> list[Host] | None:
+    """The hosts for a gang placement (one node per host), best fit first; None if none.
+
+    ``extra`` adds devices per host id that would be free (free-soon or preemptible).
+    """
+    gpu_job = job.gpus_per_node > 0
+    need = job.gpus_per_node if gpu_job else job.procs_per_node
+    extra = extra or {}
+    fits = [h for h in hosts if h.free(gpu_job) + extra.get(h.id, 0) >= need]
+    if len(fits) < job.nodes:
+        return None
+    fits.sort(key=lambda h: (h.free(gpu_job) + extra.get(h.id, 0) - need, h.name))
+    return fits[: job.nodes]
+
+
+def _ordered(jobs: list[Job], usage: dict[int, int]):
+    """Yield jobs by priority, then fair share across projects, then age."""
+    by_priority: dict[int, dict[int, list[Job]]] = defaultdict(lambda: defaultdict(list))
+    for job in jobs:  # already sorted by id (age)
+        by_priority[job.priority][job.project_id].append(job)
+    for priority in sorted(by_priority, reverse=True):
+        queues = by_priority[priority]
+        heap = [(usage.get(p, 0), q[0].pk, p) for p, q in queues.items()]
+        heapq.heapify(heap)
+        positions = dict.fromkeys(queues, 0)
+        while heap:
+            _, _, project_id = heapq.heappop(heap)
+            queue = queues[project_id]
+            job = queue[positions[project_id]]
+            yield job
+            positions[project_id] += 1
+            if positions[project_id] < len(queue):
+                nxt = queue[positions[project_id]]
+                heapq.heappush(heap, (usage.get(project_id, 0), nxt.pk, project_id))
+
+
+def _quota_reason(job: Job, project: Project, gpus_used: int, jobs_running: int) -> str:
+    if project.max_concurrent_jobs is not None and jobs_running >= project.max_concurrent_jobs:
+        return (
+            f"Waiting for quota: project {project.name} runs {jobs_running} of "
+            f"{project.max_concurrent_jobs} concurrent jobs."
+        )
+    if project.max_gpus is not None and gpus_used + job.gpus > project.max_gpus:
+        return (
+            f"Waiting for quota: project {project.name} uses {gpus_used} of "
+            f"{project.max_gpus} GPUs; this job needs {job.gpus}."
+        )
+    return ""
+
+
+def _capacity_reason(job: Job) -> str:
+    if job.gpus_per_node:
+        what = f"{job.gpus_per_node} free GPU{'s' if job.gpus_per_node > 1 else ''}"
+    else:
+        what = f"{job.procs_per_node} free CPU slot{'s' if job.procs_per_node > 1 else ''}"
+    hosts = f"{job.nodes} hosts" if job.nodes > 1 else "a host"
+    return f"Waiting for {hosts} with {what}."
+
+
+def _victims(job: Job, hosts: list[Host], running: list[Running]) -> list[Running] | None:
+    """Lower-priority attempts whose devices would let ``job`` fit, fewest and newest first."""
+    gpu_job = job.gpus_per_node > 0
+    need = job.gpus_per_node if gpu_job else job.procs_per_node
+    candidates = sorted(
+        (r for r in running if r.priority < job.priority and not r.stopping),
+        key=lambda r: (r.priority, -r.started),
+    )
+    preemptible: dict[int, int] = defaultdict(int)
+    for run in candidates:
+        for host_id, (gpus, slots) in run.devices.items():
+            preemptible[host_id] += gpus if gpu_job else slots
+    chosen = _fit(job, hosts, preemptible)
+    if chosen is None:
+        return None
+    victims: list[Running] = []
+    for host in chosen:
+        short = (
+            need
+            - host.free(gpu_job)
+            - sum((v.devices.get(host.id, (0, 0))[0 if gpu_job else 1]) for v in victims)
+        )
+        for run in candidates:
+            if short <= 0:
+                break
+            if run in victims or host.id not in run.devices:
+                continue
+            victims.append(run)
+            short -= run.devices[host.id][0 if gpu_job else 1]
+    return victims
+
+
+@dataclass
+class Placement:
+    job: Job
+    hosts: list[Host]
+    devices: list[list[int]]
+
+
+def _reserve(job: Job, hosts: list[Host]) -> Placement:
+    gpu_job = job.gpus_per_node > 0
+    devices = []
+    for host in hosts:
+        if gpu_job:
+            picked, host.free_gpus = (
+                host.free_gpus[: job.gpus_per_node],
+                host.free_gpus[job.gpus_per_node :],
+            )
+        else:
+            picked, host.free_slots = (
+                host.free_slots[: job.procs_per_node],
+                host.free_slots[job.procs_per_node :],
+            )
+        devices.append(picked)
+    return Placement(job=job, hosts=hosts, devices=devices)
+
+
+def _create_attempt(placement: Placement, now) -> Attempt:
+    job = placement.job
+    number = (job.attempts.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+    latest = Checkpoint.objects.filter(job=job).order_by("-step").values_list("path", flat=True)
+    attempt = Attempt.objects.create(
+        job=job,
+        number=number,
+        resume_from=latest.first() or "",
+        created_at=now,
+    )
+    gpu_job = job.gpus_per_node > 0
+    reservations = []
+    for rank, (host, picked) in enumerate(zip(placement.hosts, placement.devices, strict=True)):
+        node = AttemptNode.objects.create(
+            attempt=attempt,
+            rank=rank,
+            worker_id=host.id,
+            worker_name=host.name,
+            gpu_indices=picked if gpu_job else [],
+            cpu_slots=0 if gpu_job else len(picked),
+        )
+        kind = Reservation.GPU if gpu_job else Reservation.CPU
+        reservations += [
+            Reservation(worker_id=host.id, kind=kind, index=i, attempt=attempt, node=node)
+            for i in picked
+        ]
+    Reservation.objects.bulk_create(reservations)
+    fields = job.move_to(JobState.SCHEDULED, reason="")
+    job.save(update_fields=fields)
+    return attempt
+
+
+def schedule(now=None) -> Decision:
+    """One scheduling pass. Returns what it did; start messages go out after commit."""
+    from jobs import events  # late: events imports the channel layer
+
+    now = now or timezone.now()
+    decision = Decision()
+    with transaction.atomic():
+        _lock()
+        pending = list(
+            Job.objects.filter(state=JobState.PENDING)
+            .only(
+                "id",
+                "project_id",
+                "priority",
+                "nodes",
+                "gpus_per_node",
+                "procs_per_node",
+                "reason",
+                "state",
+            )
+            .order_by("id")
+        )
+        if not pending:
+            return decision
+        hosts = _load_hosts(now)
+        running = _load_running()
+        for run in running:
+            if run.stopping:
+                for host_id, (gpus, slots) in run.devices.items():
+                    if host_id in hosts:
+                        hosts[host_id].stopping_gpus += gpus
+                        hosts[host_id].stopping_slots += slots
+        gpus_used: dict[int, int] = defaultdict(int)
+        jobs_running: dict[int, int] = defaultdict(int)
+        for run in running:
+            gpus_used[run.project_id] += run.gpus
+            jobs_running[run.project_id] += 1
+        projects = Project.objects.in_bulk({j.project_id for j in pending})
+        reserved_hosts: set[int] = set()
+        head: Job | None = None
+        failed_shapes: set[tuple[bool, int, int]] = set()
+        reasons: list[Job] = []
+        placements: list[Placement] = []
+
+        def wait(job: Job, reason: str) -> None:
+            decision.waiting += 1
+            if job.reason != reason:
+                job.reason = reason[:300]
+                reasons.append(job)
+
+        for job in _ordered(pending, gpus_used):
+            project = projects[job.project_id]
+            quota = _quota_reason(
+                job, project, gpus_used[job.project_id], jobs_running[job.project_id]
+            )
+            if quota:
+                wait(job, quota)
+                continue
+            gpu_job = job.gpus_per_node > 0
+            shape = (gpu_job, job.gpus_per_node or job.procs_per_node, job.nodes)
+            usable = [h for h in hosts.values() if h.id not in reserved_hosts]
+            # Capacity only shrinks during a pass: a shape that did not fit still does not.
+            chosen = None if shape in failed_shapes else _fit(job, usable)
+            if chosen is not None:
+                placements.append(_reserve(job, chosen))
+                gpus_used[job.project_id] += job.gpus
+                jobs_running[job.project_id] += 1
+                continue
+            if head is not None:
+                failed_shapes.add(shape)
+                if _fit(job, list(hosts.values())) is not None:
+                    wait(job, f"Waiting behind job #{head.pk}, which has hosts set aside for it.")
+                else:
+                    wait(job, _capacity_reason(job))
+                continue
+            # The head job: the first one that does not fit.
+            head = job
+            soon = {h.id: h.soon(gpu_job) for h in usable}
+            target = _fit(job, usable, soon) if any(soon.values()) else None
+            if target is not None:
+                wait(job, "Waiting for preempted jobs to stop.")
+            elif job.priority > Priority.LOW and (victims := _victims(job, usable, running)):
+                for victim in victims:
+                    victim.stopping = True
+                    decision.preempted.append(victim.attempt_id)
+                    for host_id, (gpus, slots) in victim.devices.items():
+                        if host_id in hosts:
+                            hosts[host_id].stopping_gpus += gpus
+                            hosts[host_id].stopping_slots += slots
+                target = _fit(job, usable, {h.id: h.soon(gpu_job) for h in usable})
+                ids = ", ".join(f"#{v.job_id}" for v in victims)
+                wait(job, f"Preempting lower-priority job(s) {ids} to make room.")
+            else:
+                wait(job, _capacity_reason(job))
+            if target is None:
+                target = sorted(
+                    usable, key=lambda h: (-(h.free(gpu_job) + h.soon(gpu_job)), h.name)
+                )
+                target = target[: job.nodes]
+            # Keep the head job's hosts for it: no backfill onto them.
+            reserved_hosts = {h.id for h in target}
+
+        attempts = [_create_attempt(p, now) for p in placements]
+        decision.placed = [a.pk for a in attempts]
+        if decision.preempted:
+            Attempt.objects.filter(pk__in=decision.preempted, stop_requested="").update(
+                stop_requested=StopReason.PREEMPT
+            )
+        if reasons:
+            Job.objects.bulk_update(reasons, ["reason"], batch_size=500)
+        transaction.on_commit(lambda: _dispatch(decision.placed))
+        for attempt in attempts:
+            events.job_changed(attempt.job)
+    if decision.placed or decision.preempted:
+        log.info(
+            "scheduled %d attempt(s), preempting %d, %d waiting",
+            len(decision.placed),
+            len(decision.preempted),
+            decision.waiting,
+        )
+    return decision
+
+
+def _dispatch(attempt_ids: list[int]) -> None:
+    """Send one start message per node to its host's queue (by task name: jobs does not
+    import the worker side)."""
+    for attempt_id, rank, worker_name in AttemptNode.objects.filter(
+        attempt_id__in=attempt_ids
+    ).values_list("attempt_id", "rank", "worker_name"):
+        current_app.send_task(
+            RUN_ATTEMPT_TASK, args=[attempt_id, rank], queue=f"host.{worker_name}"
+        )

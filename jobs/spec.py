@@ -1,0 +1,189 @@
+"""The job spec: parsing (YAML or JSON) and validation with field-level errors.
+
+```yaml
+name: tiny-lm
+project: default
+entrypoint: [python, -m, workers.recipes.causal_lm]   # or [python, train.py]
+args: [--max-steps, "200"]
+env: {WANDB_MODE: disabled}
+resources: {nodes: 1, gpus_per_node: 2}   # gpus_per_node: 0 -> CPU processes (gloo)
+priority: normal                          # low | normal | high
+max_restarts: 3
+max_runtime: 2h
+checkpoint: {keep: 3}
+```
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+from rest_framework import serializers
+
+from controlplane.tenancy.api.common import StrictSerializer
+from jobs.states import PRIORITY_BY_NAME
+
+MAX_NODES = 64
+MAX_GPUS_PER_NODE = 16
+MAX_PROCS_PER_NODE = 128
+MAX_RUNTIME = 30 * 24 * 3600
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Variables the launcher sets; a job may not override them.
+RESERVED_ENV = frozenset(
+    {
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+        "ROLE_RANK",
+        "ROLE_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "CUDA_VISIBLE_DEVICES",
+        "TORCHELASTIC_RUN_ID",
+        "PYTHONPATH",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "PATH",
+        "HOME",
+    }
+)
+RESERVED_ENV_PREFIXES = ("CP_", "TORCHELASTIC_")
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_spec_text(text: str) -> Any:
+    """A spec document (YAML, of which JSON is a subset) to Python data."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise serializers.ValidationError({"spec": [f"Not valid YAML or JSON{where}."]}) from None
+
+
+class ArgvField(serializers.ListField):
+    """An argv list of strings; a single string is refused (no shell parsing, ever)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("child", serializers.CharField(max_length=4096, trim_whitespace=False))
+        kwargs.setdefault("max_length", 1024)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        if isinstance(data, str):
+            raise serializers.ValidationError(
+                "Give an argv list such as [python, train.py, --lr, '0.1'], not a shell string."
+            )
+        if isinstance(data, list):
+            data = [str(item) if isinstance(item, int | float) else item for item in data]
+        return super().to_internal_value(data)
+
+
+class DurationField(serializers.Field):
+    """Seconds, from a number or a string such as ``90s``, ``30m``, ``2h``, ``1d12h``."""
+
+    default_error_messages = {
+        "invalid": "Use seconds or a duration such as 90s, 30m, 2h or 1h30m.",
+        "range": f"Must be between 1 second and {MAX_RUNTIME // 86400} days.",
+    }
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool):
+            self.fail("invalid")
+        if isinstance(data, int):
+            seconds = data
+        elif isinstance(data, str) and (match := _DURATION.match(data.strip().lower())):
+            if not any(match.groups()):
+                self.fail("invalid")
+            d, h, m, s = (int(x or 0) for x in match.groups())
+            seconds = ((d * 24 + h) * 60 + m) * 60 + s
+        else:
+            self.fail("invalid")
+        if not 1 <= seconds <= MAX_RUNTIME:
+            self.fail("range")
+        return seconds
+
+    def to_representation(self, value: int) -> int:
+        return value
+
+
+class ResourcesSerializer(StrictSerializer):
+    nodes = serializers.IntegerField(min_value=1, max_value=MAX_NODES, default=1)
+    gpus_per_node = serializers.IntegerField(min_value=0, max_value=MAX_GPUS_PER_NODE, default=0)
+    procs_per_node = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_PROCS_PER_NODE,
+        required=False,
+        help_text="Processes per node: one per GPU, or (CPU jobs) 1 unless set.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        gpus = attrs.get("gpus_per_node", 0)
+        procs = attrs.get("procs_per_node")
+        if gpus and procs is not None and procs != gpus:
+            raise serializers.ValidationError(
+                {
+                    "procs_per_node": [
+                        f"With GPUs it is one process per GPU: leave it out or {gpus}."
+                    ]
+                }
+            )
+        attrs["procs_per_node"] = gpus or procs or 1
+        return attrs
+
+
+class CheckpointPolicySerializer(StrictSerializer):
+    keep = serializers.IntegerField(min_value=1, max_value=100, default=3)
+
+
+class JobSpecSerializer(StrictSerializer):
+    name = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$",
+        max_length=100,
+        error_messages={"invalid": "Letters, digits, '.', '_', '-' or spaces; at most 100."},
+    )
+    project = serializers.CharField(max_length=63, default="default")
+    entrypoint = ArgvField(min_length=1)
+    args = ArgvField(default=list)
+    env = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, max_length=32768, trim_whitespace=False),
+        default=dict,
+    )
+    resources = ResourcesSerializer(default=lambda: {"nodes": 1, "gpus_per_node": 0})
+    priority = serializers.ChoiceField(choices=list(PRIORITY_BY_NAME), default="normal")
+    max_restarts = serializers.IntegerField(min_value=0, max_value=100, default=3)
+    max_runtime = DurationField(required=False, allow_null=True, default=None)
+    checkpoint = CheckpointPolicySerializer(default=lambda: {"keep": 3})
+    code_path = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=False,
+        help_text="A server-side code directory under one of CP_JOB_CODE_DIRS.",
+    )
+
+    def validate_env(self, env: dict[str, str]) -> dict[str, str]:
+        if len(env) > 256:
+            raise serializers.ValidationError("At most 256 variables.")
+        for name in env:
+            if not ENV_NAME.match(name):
+                raise serializers.ValidationError(f"{name!r} is not a valid variable name.")
+            if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+                raise serializers.ValidationError(
+                    f"{name} is set by the launcher; a job cannot override it."
+                )
+        return env
+
+    def validate(self, attrs: dict) -> dict:
+        if isinstance(attrs.get("resources"), dict) and "procs_per_node" not in attrs["resources"]:
+            attrs["resources"] = ResourcesSerializer().run_validation(attrs["resources"])
+        return attrs
+
+
+def normalize(data: dict) -> dict:
+    """The validated spec as plain JSON-able data (what is stored and shown)."""
+    return json.loads(json.dumps(data))

@@ -1,0 +1,38 @@
+"""Where a job's files live: ``CP_STORAGE_DIR`` (shared by every host in a cluster, e.g.
+NFS, like Determined's shared_fs checkpoint storage).
+
+    code/<uuid>/                   uploaded working directories, unpacked at submit
+    jobs/<id>/checkpoints/<step>/  checkpoints (the SDK writes them, atomically)
+    jobs/<id>/attempts/<n>/node<r> each node's working directory (a copy of the code)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+
+def root() -> Path:
+    return Path(settings.STORAGE_DIR)
+
+
+def code_root() -> Path:
+    return root() / "code"
+
+
+def job_root(job_id: int) -> Path:
+    return root() / "jobs" / str(job_id)
+
+
+def checkpoint_root(job_id: int) -> Path:
+    return job_root(job_id) / "checkpoints"
+
+
+def work_dir(job_id: int, attempt: int, rank: int) -> Path:
+    return job_root(job_id) / "attempts" / str(attempt) / f"node{rank}"
+
+
+def is_inside(path: Path, parent: Path) -> bool:
+    path, parent = path.resolve(), parent.resolve()
+    return path == parent or parent in path.parents

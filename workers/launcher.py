@@ -1,0 +1,373 @@
+"""The launcher: runs one node of an attempt on this host and supervises it to the end.
+
+It claims the node (a duplicate start message finds it claimed and does nothing), builds
+the processes' environment from scratch (never the control plane's own secrets), starts
+``torch.distributed.run`` (or, for a one-process job, the entrypoint itself with the same
+variables torchrun would set) under ``workers.guard``, and until the processes exit:
+streams their output into log chunks, turns SDK events into metrics and checkpoints,
+renews the lease, and stops the processes when asked (cancel, preemption, max_runtime, a
+failed peer node, this worker shutting down): SIGTERM, then SIGKILL after the grace
+period. If this worker dies, the guard kills the processes (see workers/guard.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from jobs import lifecycle, outputs
+from jobs.lifecycle import NodePlan
+from jobs.states import StopReason
+from workers import host
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PYTHONS = {"python", "python3"}
+LOG_FLUSH_SECONDS = 0.1
+LOG_CHUNK_BYTES = 32 * 1024
+PASS_THROUGH = ("LD_LIBRARY_PATH", "CUDA_HOME", "TZ", "HF_HOME", "HF_HUB_OFFLINE")
+PASS_THROUGH_PREFIXES = ("NCCL_",)
+
+#: Set when this worker is shutting down: running nodes stop and their jobs requeue.
+DRAINING = threading.Event()
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address if address not in ("", "0.0.0.0") else "", 0))  # noqa: S104
+        return sock.getsockname()[1]
+
+
+def is_loopback(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "localhost")
+
+
+def build_command(plan: NodePlan, master: tuple[str, int] | None) -> list[str]:
+    """The argv to run: the entrypoint itself, or under torchrun for several processes."""
+    python = sys.executable
+    entry = plan.entrypoint
+    if entry[0] in PYTHONS and entry[1] == "-m":
+        target, rest, kind = entry[2], entry[3:], "module"
+    elif entry[0] in PYTHONS:
+        target, rest, kind = entry[1], entry[2:], "script"
+    else:
+        target, rest, kind = entry[0], entry[1:], "exec"
+    args = [*rest, *plan.args]
+    if master is None:  # one process: no torchrun, same environment variables
+        if kind == "module":
+            return [python, "-m", target, *args]
+        if kind == "script":
+            return [python, target, *args]
+        return [str(Path(plan.work_dir) / target), *args]
+    torchrun = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={plan.nodes}",
+        f"--node-rank={plan.rank}",
+        f"--nproc-per-node={plan.procs_per_node}",
+        f"--master-addr={master[0]}",
+        f"--master-port={master[1]}",
+        "--max-restarts=0",
+    ]
+    if kind == "module":
+        return [*torchrun, "-m", target, *args]
+    if kind == "script":
+        return [*torchrun, target, *args]
+    return [*torchrun, "--no-python", str(Path(plan.work_dir) / target), *args]
+
+
+def build_env(plan: NodePlan, master: tuple[str, int] | None, events_file: Path) -> dict[str, str]:
+    """The processes' environment, from scratch: nothing of the worker's own."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", plan.work_dir),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([plan.work_dir, str(PROJECT_ROOT)]),
+    }
+    for name, value in os.environ.items():
+        if name in PASS_THROUGH or name.startswith(PASS_THROUGH_PREFIXES):
+            env[name] = value
+    address = master[0] if master else "127.0.0.1"
+    ifname = settings.WORKER_NET_IFNAME or ("lo" if is_loopback(address) else "")
+    if ifname:
+        env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = ifname
+    env.update(plan.env)
+    env.update(
+        {
+            "CP_JOB_ID": str(plan.job_id),
+            "CP_ATTEMPT_ID": str(plan.attempt_id),
+            "CP_ATTEMPT": str(plan.attempt),
+            "CP_NODE_RANK": str(plan.rank),
+            "CP_ATTEMPT_TOKEN": plan.token,
+            "CP_CHECKPOINT_DIR": plan.checkpoint_dir,
+            "CP_EVENTS_FILE": str(events_file),
+            "CP_WORK_DIR": plan.work_dir,
+            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in plan.gpu_indices),
+        }
+    )
+    if plan.resume_from:
+        env["CP_RESUME_FROM"] = plan.resume_from
+    if master is None:  # what torchrun would have set for a world of one
+        env.update(
+            {
+                "RANK": "0",
+                "LOCAL_RANK": "0",
+                "GROUP_RANK": "0",
+                "WORLD_SIZE": "1",
+                "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(free_port("127.0.0.1")),
+            }
+        )
+    return env
+
+
+class EventTail:
+    """Reads the SDK's JSON-lines events file as it grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def read(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        found = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                found.append(event)
+        return found
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None
+    fenced: bool = False
+
+
+class NodeRun:
+    def __init__(self, attempt_id: int, rank: int) -> None:
+        self.attempt_id = attempt_id
+        self.rank = rank
+        self.plan: NodePlan | None = None
+        self.proc: subprocess.Popen | None = None
+        self.lines: queue.Queue[bytes | None] = queue.Queue()
+
+    # --- start -------------------------------------------------------------------------
+
+    def run(self) -> str:
+        self.plan = lifecycle.claim_node(self.attempt_id, self.rank, settings.HOSTNAME)
+        if self.plan is None:
+            return "not claimed (a duplicate start, or the attempt ended)"
+        plan = self.plan
+        try:
+            master = self._rendezvous()
+            if master is False:
+                return "stopped before it started"
+            work = self._prepare()
+            events = work / ".cp-events.jsonl"
+            command = build_command(plan, master or None)
+            env = build_env(plan, master or None, events)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.guard", "--", *command],
+                cwd=work,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except Exception as exc:
+            log.exception("could not start node %s of attempt %s", self.rank, self.attempt_id)
+            lifecycle.finish_node(plan.node_id, plan.claim, None, f"launcher error: {exc}")
+            return "failed to start"
+        lifecycle.set_pid(plan.node_id, plan.claim, self.proc.pid)
+        outcome = self._supervise(EventTail(events))
+        if not outcome.fenced:
+            lifecycle.finish_node(plan.node_id, plan.claim, outcome.exit_code)
+        return f"exited {outcome.exit_code}" + (" (fenced)" if outcome.fenced else "")
+
+    def _rendezvous(self) -> tuple[str, int] | bool | None:
+        """The master address (rank 0 picks and publishes it); None for a one-process job;
+        False when the attempt was stopped while waiting."""
+        plan = self.plan
+        assert plan is not None
+        if plan.nodes == 1 and plan.procs_per_node == 1:
+            return None
+        if plan.rank == 0:
+            address = (
+                "127.0.0.1" if plan.nodes == 1 else host.reachable_address(settings.BROKER_URL)
+            )
+            master = (address, free_port(address))
+            lifecycle.publish_master(plan.attempt_id, *master)
+            return master
+        deadline = time.monotonic() + settings.JOB_START_TIMEOUT
+        renew_at = 0.0
+        while time.monotonic() < deadline:
+            master = lifecycle.master_of(plan.attempt_id)
+            if master:
+                return master
+            if time.monotonic() >= renew_at:
+                lease = lifecycle.renew(plan.node_id, plan.claim)
+                if not lease.held:
+                    return False
+                if lease.stop:
+                    lifecycle.finish_node(plan.node_id, plan.claim, 0)
+                    return False
+                renew_at = time.monotonic() + settings.JOB_LEASE_RENEW_INTERVAL
+            time.sleep(0.1)
+        raise RuntimeError("node 0 never published its rendezvous address")
+
+    def _prepare(self) -> Path:
+        plan = self.plan
+        assert plan is not None
+        work = Path(plan.work_dir)
+        if work.exists():
+            shutil.rmtree(work)
+        if plan.code_dir:
+            shutil.copytree(plan.code_dir, work, symlinks=False)
+        else:
+            work.mkdir(parents=True)
+        Path(plan.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        return work
+
+    # --- supervise ---------------------------------------------------------------------
+
+    def _read_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _supervise(self, tail: EventTail) -> Outcome:
+        plan, proc = self.plan, self.proc
+        assert plan is not None and proc is not None
+        threading.Thread(target=self._read_output, daemon=True).start()
+        buffer: list[bytes] = []
+        size = 0
+        last_flush = time.monotonic()
+        renew_at = time.monotonic() + settings.JOB_LEASE_RENEW_INTERVAL
+        kill_at: float | None = None
+        output_done = False
+        while True:
+            try:
+                line = self.lines.get(timeout=LOG_FLUSH_SECONDS)
+                if line is None:
+                    output_done = True
+                else:
+                    buffer.append(line)
+                    size += len(line)
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            if buffer and (size >= LOG_CHUNK_BYTES or now - last_flush >= LOG_FLUSH_SECONDS):
+                self._flush_logs(buffer)
+                buffer, size, last_flush = [], 0, now
+            self._handle_events(tail.read())
+            if now >= renew_at:
+                renew_at = now + settings.JOB_LEASE_RENEW_INTERVAL
+                close_old_connections()
+                try:
+                    lease = lifecycle.renew(plan.node_id, plan.claim)
+                except Exception:  # the database is away: keep going until the lease runs out
+                    log.warning("lease renewal failed", exc_info=True)
+                    lease = None
+                if lease is not None and not lease.held:
+                    log.warning("node %s of attempt %s was fenced", plan.rank, plan.attempt_id)
+                    self._hard_stop()
+                    return Outcome(exit_code=proc.wait(), fenced=True)
+                if DRAINING.is_set() and kill_at is None:
+                    lifecycle.request_stop(plan.node_id, plan.claim, StopReason.DRAIN)
+                if lease is not None and (lease.stop or DRAINING.is_set()) and kill_at is None:
+                    log.info(
+                        "stopping node %s of attempt %s: %s",
+                        plan.rank,
+                        plan.attempt_id,
+                        lease.stop or "drain",
+                    )
+                    self._terminate()
+                    kill_at = now + settings.JOB_STOP_GRACE_SECONDS
+            if kill_at is not None and now >= kill_at and proc.poll() is None:
+                self._hard_stop()
+            if output_done and proc.poll() is not None:
+                break
+        if buffer:
+            self._flush_logs(buffer)
+        self._handle_events(tail.read())
+        return Outcome(exit_code=proc.returncode)
+
+    def _terminate(self) -> None:
+        assert self.proc is not None
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def _hard_stop(self) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()  # the lifeline: the guard SIGKILLs everything
+        except OSError:
+            pass
+
+    def _flush_logs(self, lines: list[bytes]) -> None:
+        plan = self.plan
+        assert plan is not None
+        text = b"".join(lines).decode("utf-8", "replace")
+        try:
+            outputs.record_logs(plan.job_id, plan.attempt, plan.rank, text)
+        except Exception:
+            log.warning("could not store log output", exc_info=True)
+
+    def _handle_events(self, found: list[dict]) -> None:
+        plan = self.plan
+        assert plan is not None
+        for event in found:
+            try:
+                if event.get("type") == "metrics":
+                    kind = str(event.get("kind") or "train")
+                    values = event.get("values") or {}
+                    if kind != "train":
+                        values = {f"{kind}/{k}": v for k, v in values.items()}
+                    outputs.record_metrics(
+                        plan.job_id, plan.attempt, int(event["step"]), values, event.get("total")
+                    )
+                elif event.get("type") == "checkpoint":
+                    outputs.record_checkpoint(
+                        plan.job_id,
+                        plan.attempt_id,
+                        int(event["step"]),
+                        str(event["path"]),
+                        event.get("metrics") or {},
+                    )
+            except (KeyError, TypeError, ValueError):
+                log.info("ignored a malformed SDK event: %r", event)
