@@ -11,8 +11,9 @@ $(VENV)/bin/activate:
 	$(PIP) install --quiet --upgrade pip
 
 # Reinstall only when the pinned requirements change.
-$(VENV)/.installed: requirements.txt $(VENV)/bin/activate
+$(VENV)/.installed: requirements.txt pyproject.toml $(VENV)/bin/activate
 	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -e .  # the `cpctl` command
 	touch $@
 
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed

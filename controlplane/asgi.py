@@ -12,13 +12,14 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (after Django is se
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from controlplane.tenancy.auth import BrowserOriginValidator, TokenAuthMiddleware  # noqa: E402
+from jobs.routing import websocket_urlpatterns as jobs_ws  # noqa: E402
 from monitoring.routing import websocket_urlpatterns as monitoring_ws  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": BrowserOriginValidator(
-            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter([*monitoring_ws])))
+            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter([*monitoring_ws, *jobs_ws])))
         ),
     }
 )

@@ -153,6 +153,8 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes write (web, worker, beat): WAL, write locks taken at BEGIN, and a
     # generous busy timeout make SQLite behave; PostgreSQL is the production database.
     _db["CONN_MAX_AGE"] = 0
+    # Tests get a file database too (not :memory:), so threads and processes share it.
+    _db["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
     _db["OPTIONS"] = {
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
@@ -297,6 +299,11 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 WHITENOISE_USE_FINDERS = True
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "monitoring.staticfiles.PlotlyFinder",  # plotly.js from the plotly package, no CDN
+]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

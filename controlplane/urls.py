@@ -8,6 +8,7 @@ from rest_framework.routers import SimpleRouter
 
 from controlplane import views
 from controlplane.cluster.api import GpuViewSet, WorkerViewSet
+from jobs import views as job_views
 
 cluster = SimpleRouter()
 cluster.register("workers", WorkerViewSet, basename="worker")
@@ -26,6 +27,8 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("jobs/", job_views.job_list, name="job-list-page"),
+    path("jobs/<int:job_id>/", job_views.job_detail, name="job-page"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("admin/", admin.site.urls),

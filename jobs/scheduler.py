@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from controlplane.cluster.models import Gpu, Worker
 from controlplane.tenancy.models import Project
+from jobs import lifecycle
 from jobs.models import Attempt, AttemptNode, Checkpoint, Job, Reservation
 from jobs.states import ATTEMPT_LIVE, JobState, Priority, StopReason
 
@@ -409,6 +410,8 @@ def schedule(now=None) -> Decision:
             Attempt.objects.filter(pk__in=decision.preempted, stop_requested="").update(
                 stop_requested=StopReason.PREEMPT
             )
+            for victim in Attempt.objects.select_for_update().filter(pk__in=decision.preempted):
+                lifecycle.settle(victim, now)  # a victim that never started ends at once
         if reasons:
             Job.objects.bulk_update(reasons, ["reason"], batch_size=500)
         transaction.on_commit(lambda: _dispatch(decision.placed))
