@@ -82,6 +82,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.proc: subprocess.Popen | None = None
         self.output: list[str] = []
+        self.workers: dict[str, subprocess.Popen] = {}
 
     @property
     def redis_url(self) -> str:
@@ -151,6 +152,48 @@ class Stack:
             timeout=60,
         )
 
+    def start_worker(self, name: str, **env: str) -> subprocess.Popen:
+        """One more Celery worker host (its own CP_HOSTNAME), as a worker machine runs it."""
+        environ = {
+            **self.env,
+            "CP_HOSTNAME": name,
+            "CP_WORKER_CONTROL_QUEUE": "false",
+            "CP_WORKER_CPU_SLOTS": "2",
+            **env,
+        }
+        log = open(self.var_dir / f"worker-{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--loglevel", "INFO",
+             "--hostname", f"cp@{name}", "--without-mingle", "--without-gossip"],
+            cwd=ROOT,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.workers[name] = proc
+        return proc
+
+    def worker_log(self, name: str) -> str:
+        path = self.var_dir / f"worker-{name}.log"
+        return path.read_text(errors="replace")[-20000:] if path.exists() else ""
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL the worker's main process only, as if its host died under it."""
+        self.workers[name].kill()
+        self.workers[name].wait(timeout=10)
+
+    def stop_workers(self) -> None:
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.workers.clear()
+
     def interrupt(self, timeout: float = 60) -> int:
         """Ctrl-C: SIGINT to the stack's process group; its exit code."""
         assert self.proc is not None
@@ -170,6 +213,11 @@ class Stack:
         self.proc.wait(timeout=10)
 
     def close(self) -> None:
+        for proc in self.workers.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.kill()
         if self.database is not None:
             self.database.drop()

@@ -1,0 +1,4 @@
+import sys
+
+print("about to crash", flush=True)
+sys.exit(3)
