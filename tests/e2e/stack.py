@@ -161,7 +161,7 @@ class Stack:
             "CP_WORKER_CPU_SLOTS": "2",
             **env,
         }
-        log = open(self.var_dir / f"worker-{name}.log", "ab")  # noqa: SIM115
+        log = open(self.var_dir / f"worker-{name}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--loglevel", "INFO",
              "--hostname", f"cp@{name}", "--without-mingle", "--without-gossip"],

@@ -19,10 +19,8 @@ def main() -> None:
     hidden = [
         n for n in ("DATABASE_URL", "REDIS_URL", "CP_SECRET_KEY", "SECRET_KEY") if n in os.environ
     ]
-    print(
-        f"rank {rank} of {world} on node {os.environ['CP_NODE_RANK']} up; secrets visible: {hidden}",
-        flush=True,
-    )
+    node = os.environ["CP_NODE_RANK"]
+    print(f"rank {rank} of {world} on node {node} up; secrets visible: {hidden}", flush=True)
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(nn.Linear(8, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

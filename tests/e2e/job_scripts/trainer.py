@@ -6,7 +6,6 @@ exits 0. Under torchrun with several ranks, the ranks agree each step on whether
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
