@@ -117,7 +117,8 @@ def main() -> int:
 
     python = sys.executable
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    honcho_manager.KILL_WAIT = STOP_GRACE_SECONDS
+    # Running jobs get their own grace period to checkpoint before the worker exits.
+    honcho_manager.KILL_WAIT = max(STOP_GRACE_SECONDS, settings.JOB_STOP_GRACE_SECONDS + 10)
     processes = Manager()
     for name, argv in _commands(settings, python):
         processes.add_process(name, f"exec {shlex.join(argv)}", env=env, cwd=str(Path.cwd()))

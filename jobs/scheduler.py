@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from celery import current_app
 from django.db import connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from controlplane.cluster.models import Gpu, Worker
@@ -245,14 +246,31 @@ def _victims(job: Job, hosts: list[Host], running: list[Running]) -> list[Runnin
     return victims
 
 
+@dataclass(slots=True)
+class Pending:
+    """A pending job as a pass sees it (a light row, not a model instance)."""
+
+    pk: int
+    project_id: int
+    priority: int
+    nodes: int
+    gpus_per_node: int
+    procs_per_node: int
+    reason: str
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
 @dataclass
 class Placement:
-    job: Job
+    job: Pending
     hosts: list[Host]
     devices: list[list[int]]
 
 
-def _reserve(job: Job, hosts: list[Host]) -> Placement:
+def _reserve(job: Pending, hosts: list[Host]) -> Placement:
     gpu_job = job.gpus_per_node > 0
     devices = []
     for host in hosts:
@@ -270,141 +288,155 @@ def _reserve(job: Job, hosts: list[Host]) -> Placement:
     return Placement(job=job, hosts=hosts, devices=devices)
 
 
-def _create_attempt(placement: Placement, now) -> Attempt:
-    job = placement.job
-    number = (job.attempts.order_by("-number").values_list("number", flat=True).first() or 0) + 1
-    latest = Checkpoint.objects.filter(job=job).order_by("-step").values_list("path", flat=True)
-    attempt = Attempt.objects.create(
-        job=job,
-        number=number,
-        resume_from=latest.first() or "",
-        created_at=now,
+def _create_attempts(placements: list[Placement], now) -> list[Attempt]:
+    """The attempts, nodes and reservations of a pass's placements, in a few bulk writes."""
+    if not placements:
+        return []
+    job_ids = [p.job.pk for p in placements]
+    numbers = dict(
+        Attempt.objects.filter(job_id__in=job_ids)
+        .values("job_id")
+        .annotate(last=Max("number"))
+        .values_list("job_id", "last")
     )
-    gpu_job = job.gpus_per_node > 0
-    reservations = []
-    for rank, (host, picked) in enumerate(zip(placement.hosts, placement.devices, strict=True)):
-        node = AttemptNode.objects.create(
-            attempt=attempt,
-            rank=rank,
-            worker_id=host.id,
-            worker_name=host.name,
-            gpu_indices=picked if gpu_job else [],
-            cpu_slots=0 if gpu_job else len(picked),
-        )
-        kind = Reservation.GPU if gpu_job else Reservation.CPU
-        reservations += [
-            Reservation(worker_id=host.id, kind=kind, index=i, attempt=attempt, node=node)
-            for i in picked
+    resume: dict[int, str] = {}
+    for job_id, path in (
+        Checkpoint.objects.filter(job_id__in=job_ids)
+        .order_by("job_id", "-step")
+        .values_list("job_id", "path")
+    ):
+        resume.setdefault(job_id, path)
+    attempts = Attempt.objects.bulk_create(
+        [
+            Attempt(
+                job_id=p.job.pk,
+                number=numbers.get(p.job.pk, 0) + 1,
+                resume_from=resume.get(p.job.pk, ""),
+                created_at=now,
+            )
+            for p in placements
         ]
-    Reservation.objects.bulk_create(reservations)
-    fields = job.move_to(JobState.SCHEDULED, reason="")
-    job.save(update_fields=fields)
-    return attempt
+    )
+    if any(a.pk is None for a in attempts):  # a backend that cannot return ids
+        by_job = dict(
+            Attempt.objects.filter(job_id__in=job_ids, created_at=now).values_list("job_id", "pk")
+        )
+        for attempt in attempts:
+            attempt.pk = attempt.id = by_job[attempt.job_id]
+    nodes: list[AttemptNode] = []
+    picks: list[list[int]] = []
+    for placement, attempt in zip(placements, attempts, strict=True):
+        gpu_job = placement.job.gpus_per_node > 0
+        for rank, (host, picked) in enumerate(zip(placement.hosts, placement.devices, strict=True)):
+            nodes.append(
+                AttemptNode(
+                    attempt=attempt,
+                    rank=rank,
+                    worker_id=host.id,
+                    worker_name=host.name,
+                    gpu_indices=picked if gpu_job else [],
+                    cpu_slots=0 if gpu_job else len(picked),
+                )
+            )
+            picks.append(picked)
+    AttemptNode.objects.bulk_create(nodes)
+    if any(n.pk is None for n in nodes):
+        ids = {
+            (a, r): pk
+            for a, r, pk in AttemptNode.objects.filter(attempt__in=attempts).values_list(
+                "attempt_id", "rank", "pk"
+            )
+        }
+        for node in nodes:
+            node.pk = node.id = ids[(node.attempt.pk, node.rank)]
+    reservations = [
+        Reservation(
+            worker_id=node.worker_id,
+            kind=Reservation.GPU if node.gpu_indices else Reservation.CPU,
+            index=index,
+            attempt=node.attempt,
+            node=node,
+        )
+        for node, picked in zip(nodes, picks, strict=True)
+        for index in picked
+    ]
+    Reservation.objects.bulk_create(reservations, batch_size=1000)
+    Job.objects.filter(pk__in=job_ids, state=JobState.PENDING).update(
+        state=JobState.SCHEDULED, reason="", updated_at=now
+    )
+    return attempts
 
 
 def schedule(now=None) -> Decision:
     """One scheduling pass. Returns what it did; start messages go out after commit."""
-    from jobs import events  # late: events imports the channel layer
-
     now = now or timezone.now()
     decision = Decision()
     with transaction.atomic():
         _lock()
-        pending = list(
-            Job.objects.filter(state=JobState.PENDING)
-            .only(
-                "id",
-                "project_id",
-                "priority",
-                "nodes",
-                "gpus_per_node",
-                "procs_per_node",
-                "reason",
-                "state",
-            )
+        pending = [
+            Pending(*row)
+            for row in Job.objects.filter(state=JobState.PENDING)
             .order_by("id")
-        )
+            .values_list(
+                "id", "project_id", "priority", "nodes", "gpus_per_node", "procs_per_node", "reason"
+            )
+        ]
         if not pending:
             return decision
         hosts = _load_hosts(now)
         running = _load_running()
-        for run in running:
-            if run.stopping:
-                for host_id, (gpus, slots) in run.devices.items():
-                    if host_id in hosts:
-                        hosts[host_id].stopping_gpus += gpus
-                        hosts[host_id].stopping_slots += slots
         gpus_used: dict[int, int] = defaultdict(int)
         jobs_running: dict[int, int] = defaultdict(int)
         for run in running:
             gpus_used[run.project_id] += run.gpus
             jobs_running[run.project_id] += 1
+            if run.stopping:
+                _mark_stopping(run, hosts)
         projects = Project.objects.in_bulk({j.project_id for j in pending})
         reserved_hosts: set[int] = set()
-        head: Job | None = None
+        usable = list(hosts.values())
+        head: Pending | None = None
         failed_shapes: set[tuple[bool, int, int]] = set()
-        reasons: list[Job] = []
+        reasons: dict[int, str] = {}
         placements: list[Placement] = []
 
-        def wait(job: Job, reason: str) -> None:
+        def wait(job: Pending, reason: str) -> None:
             decision.waiting += 1
             if job.reason != reason:
-                job.reason = reason[:300]
-                reasons.append(job)
+                reasons[job.pk] = reason[:300]
 
         for job in _ordered(pending, gpus_used):
-            project = projects[job.project_id]
             quota = _quota_reason(
-                job, project, gpus_used[job.project_id], jobs_running[job.project_id]
+                job,
+                projects[job.project_id],
+                gpus_used[job.project_id],
+                jobs_running[job.project_id],
             )
             if quota:
                 wait(job, quota)
                 continue
             gpu_job = job.gpus_per_node > 0
             shape = (gpu_job, job.gpus_per_node or job.procs_per_node, job.nodes)
-            usable = [h for h in hosts.values() if h.id not in reserved_hosts]
-            # Capacity only shrinks during a pass: a shape that did not fit still does not.
-            chosen = None if shape in failed_shapes else _fit(job, usable)
-            if chosen is not None:
-                placements.append(_reserve(job, chosen))
-                gpus_used[job.project_id] += job.gpus
-                jobs_running[job.project_id] += 1
-                continue
-            if head is not None:
+            if shape not in failed_shapes:
+                chosen = _fit(job, usable)
+                if chosen is not None:
+                    placements.append(_reserve(job, chosen))
+                    gpus_used[job.project_id] += job.gpus
+                    jobs_running[job.project_id] += 1
+                    continue
+                # Capacity only shrinks during a pass: this shape will not fit again.
                 failed_shapes.add(shape)
-                if _fit(job, list(hosts.values())) is not None:
-                    wait(job, f"Waiting behind job #{head.pk}, which has hosts set aside for it.")
-                else:
-                    wait(job, _capacity_reason(job))
+            if head is not None:
+                wait(job, _behind_reason(job, head, hosts, shape))
                 continue
             # The head job: the first one that does not fit.
             head = job
-            soon = {h.id: h.soon(gpu_job) for h in usable}
-            target = _fit(job, usable, soon) if any(soon.values()) else None
-            if target is not None:
-                wait(job, "Waiting for preempted jobs to stop.")
-            elif job.priority > Priority.LOW and (victims := _victims(job, usable, running)):
-                for victim in victims:
-                    victim.stopping = True
-                    decision.preempted.append(victim.attempt_id)
-                    for host_id, (gpus, slots) in victim.devices.items():
-                        if host_id in hosts:
-                            hosts[host_id].stopping_gpus += gpus
-                            hosts[host_id].stopping_slots += slots
-                target = _fit(job, usable, {h.id: h.soon(gpu_job) for h in usable})
-                ids = ", ".join(f"#{v.job_id}" for v in victims)
-                wait(job, f"Preempting lower-priority job(s) {ids} to make room.")
-            else:
-                wait(job, _capacity_reason(job))
-            if target is None:
-                target = sorted(
-                    usable, key=lambda h: (-(h.free(gpu_job) + h.soon(gpu_job)), h.name)
-                )
-                target = target[: job.nodes]
+            target = _make_room(job, usable, hosts, running, decision, wait)
             # Keep the head job's hosts for it: no backfill onto them.
             reserved_hosts = {h.id for h in target}
+            usable = [h for h in hosts.values() if h.id not in reserved_hosts]
 
-        attempts = [_create_attempt(p, now) for p in placements]
+        attempts = _create_attempts(placements, now)
         decision.placed = [a.pk for a in attempts]
         if decision.preempted:
             Attempt.objects.filter(pk__in=decision.preempted, stop_requested="").update(
@@ -412,11 +444,17 @@ def schedule(now=None) -> Decision:
             )
             for victim in Attempt.objects.select_for_update().filter(pk__in=decision.preempted):
                 lifecycle.settle(victim, now)  # a victim that never started ends at once
-        if reasons:
-            Job.objects.bulk_update(reasons, ["reason"], batch_size=500)
-        transaction.on_commit(lambda: _dispatch(decision.placed))
-        for attempt in attempts:
-            events.job_changed(attempt.job)
+        by_reason: dict[str, list[int]] = defaultdict(list)
+        for pk, reason in reasons.items():
+            by_reason[reason].append(pk)
+        for reason, ids in by_reason.items():  # few distinct reasons: one UPDATE each
+            for start in range(0, len(ids), 900):
+                Job.objects.filter(pk__in=ids[start : start + 900]).update(reason=reason)
+        placed = decision.placed
+        transaction.on_commit(lambda: _dispatch(placed))
+        if placements:
+            placed_jobs = [p.job.pk for p in placements]
+            transaction.on_commit(lambda: _announce(placed_jobs))
     if decision.placed or decision.preempted:
         log.info(
             "scheduled %d attempt(s), preempting %d, %d waiting",
@@ -425,6 +463,62 @@ def schedule(now=None) -> Decision:
             decision.waiting,
         )
     return decision
+
+
+def _mark_stopping(run: Running, hosts: dict[int, Host]) -> None:
+    for host_id, (gpus, slots) in run.devices.items():
+        if host_id in hosts:
+            hosts[host_id].stopping_gpus += gpus
+            hosts[host_id].stopping_slots += slots
+
+
+_behind_cache: dict[tuple, str] = {}
+
+
+def _behind_reason(job: Pending, head: Pending, hosts: dict[int, Host], shape: tuple) -> str:
+    """Why a job waits once the head job is chosen (one answer per job shape)."""
+    key = (head.pk, shape, id(hosts))
+    if key not in _behind_cache:
+        if len(_behind_cache) > 10_000:
+            _behind_cache.clear()
+        fits_anywhere = _fit(job, list(hosts.values())) is not None
+        _behind_cache[key] = (
+            f"Waiting behind job #{head.pk}, which has hosts set aside for it."
+            if fits_anywhere
+            else _capacity_reason(job)
+        )
+    return _behind_cache[key]
+
+
+def _make_room(job, usable, hosts, running, decision, wait) -> list[Host]:
+    """For the head job: wait for stopping jobs, preempt lower-priority ones, or just wait.
+    Returns the hosts to set aside for it."""
+    gpu_job = job.gpus_per_node > 0
+    soon = {h.id: h.soon(gpu_job) for h in usable}
+    target = _fit(job, usable, soon) if any(soon.values()) else None
+    if target is not None:
+        wait(job, "Waiting for preempted jobs to stop.")
+    elif job.priority > Priority.LOW and (victims := _victims(job, usable, running)):
+        for victim in victims:
+            victim.stopping = True
+            decision.preempted.append(victim.attempt_id)
+            _mark_stopping(victim, hosts)
+        target = _fit(job, usable, {h.id: h.soon(gpu_job) for h in usable})
+        ids = ", ".join(f"#{v.job_id}" for v in victims)
+        wait(job, f"Preempting lower-priority job(s) {ids} to make room.")
+    else:
+        wait(job, _capacity_reason(job))
+    if target is None:
+        closest = sorted(usable, key=lambda h: (-(h.free(gpu_job) + h.soon(gpu_job)), h.name))
+        target = closest[: job.nodes]
+    return target
+
+
+def _announce(job_ids: list[int]) -> None:
+    from jobs import events
+
+    for job in Job.objects.filter(pk__in=job_ids):
+        events.send(job.pk, events.job_state(job))
 
 
 def _dispatch(attempt_ids: list[int]) -> None:
