@@ -110,8 +110,12 @@ def main() -> None:
     print(f"pending jobs {args.jobs}, hosts {args.hosts} x 8 GPUs, database {Job.objects.db}")
     print(f"{'pass':<44}{'ms':>9}{'x floor':>10}")
     print(f"{'baseline: read the pending rows':<44}{floor * 1000:>9.1f}{1.0:>10.2f}")
-    print(f"{'steady state (cluster full, all wait)':<44}{steady * 1000:>9.1f}{steady / floor:>10.2f}")
-    print(f"{f'fill the cluster ({placed} jobs placed)':<44}{fill * 1000:>9.1f}{fill / floor:>10.2f}")
+    print(
+        f"{'steady state (cluster full, all wait)':<44}{steady * 1000:>9.1f}{steady / floor:>10.2f}"
+    )
+    print(
+        f"{f'fill the cluster ({placed} jobs placed)':<44}{fill * 1000:>9.1f}{fill / floor:>10.2f}"
+    )
     print(f"target: steady-state pass < 200 ms -> {'met' if steady < 0.2 else 'NOT met'}")
 
 

@@ -198,7 +198,9 @@ class NodeRun:
             command = build_command(plan, master or None)
             env = build_env(plan, master or None, events)
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.guard", "--", *command],
+                # -S: the guard needs only the standard library; skipping site saves
+                # a good part of its start-up time.
+                [sys.executable, "-S", "-m", "workers.guard", "--", *command],
                 cwd=work,
                 env=env,
                 stdin=subprocess.PIPE,
@@ -274,20 +276,26 @@ class NodeRun:
         threading.Thread(target=self._read_output, daemon=True).start()
         buffer: list[bytes] = []
         size = 0
-        last_flush = time.monotonic()
+        last_flush = 0.0  # the first line after a quiet spell goes out at once
         renew_at = time.monotonic() + settings.JOB_LEASE_RENEW_INTERVAL
         kill_at: float | None = None
         output_done = False
         while True:
-            try:
-                line = self.lines.get(timeout=LOG_FLUSH_SECONDS)
-                if line is None:
-                    output_done = True
-                else:
-                    buffer.append(line)
-                    size += len(line)
-            except queue.Empty:
-                pass
+            if output_done:  # only the exit is left to wait for
+                try:
+                    proc.wait(timeout=LOG_FLUSH_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                try:
+                    line = self.lines.get(timeout=LOG_FLUSH_SECONDS)
+                    if line is None:
+                        output_done = True
+                    else:
+                        buffer.append(line)
+                        size += len(line)
+                except queue.Empty:
+                    pass
             now = time.monotonic()
             if buffer and (size >= LOG_CHUNK_BYTES or now - last_flush >= LOG_FLUSH_SECONDS):
                 self._flush_logs(buffer)
