@@ -36,6 +36,7 @@ _FINAL_STATE = {
     StopReason.RUNTIME: AttemptState.FAILED,
     StopReason.PEER_FAILED: AttemptState.FAILED,
     StopReason.LOST: AttemptState.LOST,
+    StopReason.NOT_STARTED: AttemptState.LOST,
 }
 
 
@@ -202,12 +203,12 @@ def finish_node(node_id: int, claim: str, exit_code: int | None, detail: str = "
         settle(attempt, now)
 
 
-def _give_up_on(node: AttemptNode, attempt: Attempt, why: str, now) -> None:
+def _give_up_on(node: AttemptNode, attempt: Attempt, why: str, now, reason: str) -> None:
     """Mark a node that will never report (lease expired, never started) as gone."""
     AttemptNode.objects.filter(pk=node.pk).update(state=NodeState.EXITED, finished_at=now)
     Reservation.objects.filter(node=node).delete()
     if not attempt.stop_requested:
-        attempt.stop_requested = StopReason.LOST
+        attempt.stop_requested = reason
         attempt.reason = why[:300]
         attempt.save(update_fields=["stop_requested", "reason"])
 
@@ -254,6 +255,13 @@ def _finalize(attempt: Attempt, state: str, now) -> None:
             JobState.PENDING,
             preemptions=job.preemptions + 1,
             reason=f"Attempt {attempt.number} {why}; it resumes from its last checkpoint.",
+        )
+    elif stop == StopReason.NOT_STARTED:
+        # Its processes never ran (the host went away first): place it again, no restart.
+        fields = job.move_to(
+            JobState.PENDING,
+            reason=f"Attempt {attempt.number} was never started ({attempt.reason}); "
+            "placing it again."[:300],
         )
     elif stop == StopReason.RUNTIME:
         fields = job.move_to(
@@ -314,7 +322,8 @@ def reap(now=None) -> int:
                 if why == "lease"
                 else f"node {node.rank} was never started by {node.worker_name}"
             )
-            _give_up_on(node, attempt, message, now)
+            reason = StopReason.LOST if why == "lease" else StopReason.NOT_STARTED
+            _give_up_on(node, attempt, message, now, reason)
             settle(attempt, now)
             given_up += 1
     _stop_overdue(now)

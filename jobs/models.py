@@ -16,7 +16,6 @@ from django.utils import timezone
 from controlplane.cluster.models import Worker
 from controlplane.tenancy.models import Project
 from jobs.states import (
-    ATTEMPT_LIVE,
     JOB_TERMINAL,
     AttemptState,
     JobState,
@@ -111,7 +110,8 @@ class Attempt(models.Model):
             models.UniqueConstraint(fields=["job", "number"], name="attempt_number_unique"),
             models.UniqueConstraint(
                 fields=["job"],
-                condition=Q(state__in=[s.value for s in ATTEMPT_LIVE]),
+                # A fixed order (not the frozenset's), so migrations stay stable.
+                condition=Q(state__in=[AttemptState.SCHEDULED.value, AttemptState.RUNNING.value]),
                 name="one_live_attempt_per_job",
             ),
         ]

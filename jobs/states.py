@@ -77,6 +77,7 @@ class StopReason(models.TextChoices):
     RUNTIME = "runtime"  # max_runtime exceeded
     PEER_FAILED = "peer_failed"  # a node of the attempt failed
     LOST = "lost"  # a node's lease expired
+    NOT_STARTED = "not_started"  # a node was never started by its host (no restart counted)
     DRAIN = "drain"  # its worker is shutting down
 
 

@@ -130,3 +130,8 @@ def test_every_variable_the_settings_read_is_in_the_readme_table():
     table = (ROOT / "README.md").read_text()
     missing = sorted(name for name in read if f"| `{name}` |" not in table)
     assert missing == [], f"add these to the README's configuration table: {missing}"
+
+
+def test_the_models_and_migrations_agree(tmp_path):
+    result = run(["manage.py", "makemigrations", "--check", "--dry-run"], {}, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

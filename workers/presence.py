@@ -63,6 +63,14 @@ def on_worker_shutting_down(sender=None, **kwargs) -> None:
     from workers.launcher import DRAINING
 
     DRAINING.set()
+    # Offline at once, so the scheduler places nothing more here while the jobs stop.
+    if _heartbeat is not None:
+        _heartbeat.stopping.set()
+    try:
+        close_old_connections()
+        services.mark_stopped(settings.HOSTNAME, pid=os.getpid())
+    except Exception:
+        log.exception("could not mark this worker stopped")
 
 
 @worker_shutdown.connect

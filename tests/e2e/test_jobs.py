@@ -154,7 +154,7 @@ def test_a_two_process_ddp_job_runs_an_unmodified_torchrun_script(stack):
     loss = metric(stack, submitted["id"], "loss")
     assert [p[0] for p in loss] == list(range(1, 31))
     assert loss[-1][1] < loss[0][1]
-    assert done["progress"]["step"] == 30
+    assert (done["progress"]["step"], done["progress"]["total"]) == (30, 30)
 
 
 def test_cpctl_submits_a_directory_and_follows_it(stack, tmp_path):
@@ -232,6 +232,29 @@ def test_a_high_priority_job_preempts_a_low_one_which_resumes_later(stack):
     assert first_steps[0] == 1 and first_steps[1] > 1
     checkpointed = int(Path(runs[1]["resume_from"]).name.split("-")[1])
     assert first_steps[1] == checkpointed + 1
+
+
+def test_a_worker_shutting_down_hands_its_job_back_to_resume_elsewhere(stack):
+    submitted = submit(
+        stack,
+        name="drained",
+        entrypoint=["python", "trainer.py"],
+        env={"STEPS": "14", "STEP_SECONDS": "0.3"},
+    )
+    wait_for(lambda: "step 3" in logs(stack, submitted["id"]), 90, "the job to make progress")
+    host = attempts(stack, submitted["id"])[-1]["nodes"][0]["worker"]
+    proc = stack.workers[host]
+    proc.terminate()  # SIGTERM: Celery's warm shutdown, as a deploy or Ctrl-C does
+    assert proc.wait(timeout=30) == 0
+    done = wait_state(stack, submitted["id"], TERMINAL, timeout=120)
+    runs = attempts(stack, submitted["id"])
+    assert done["state"] == "SUCCEEDED", (runs, stack.worker_log(host)[-3000:])
+    assert (done["preemptions"], done["restarts"]) == (1, 0)
+    assert [a["state"] for a in runs] == ["PREEMPTED", "SUCCEEDED"]
+    assert runs[0]["stop_requested"] == "drain" and runs[1]["nodes"][0]["worker"] != host
+    assert "stop requested" in logs(stack, submitted["id"])  # it checkpointed on SIGTERM
+    stack.start_worker(host)
+    wait_for(lambda: host in online(stack), 60, "the worker to come back")
 
 
 def test_a_killed_worker_loses_its_attempt_and_the_job_resumes_elsewhere(stack):

@@ -100,8 +100,9 @@ def test_an_attempt_whose_start_message_was_lost_is_retried(cpu_host, submit):
     Attempt.objects.update(created_at=timezone.now() - timedelta(seconds=6))
     assert lifecycle.reap() == 1
     job.refresh_from_db()
-    assert job.state == JobState.PENDING
-    assert "never started" in Attempt.objects.get(job=job).reason
+    assert (job.state, job.restarts) == (JobState.PENDING, 0)  # it never ran: no restart
+    attempt = Attempt.objects.get(job=job)
+    assert attempt.state == AttemptState.LOST and "never started" in attempt.reason
 
 
 def test_max_runtime_stops_the_job_and_fails_it_without_retry(cpu_host, submit):

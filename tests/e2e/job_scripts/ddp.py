@@ -32,7 +32,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         if rank == 0 and sdk is not None:
-            sdk.report_metrics(step, {"loss": loss.item()})
+            sdk.report(step, total=30, loss=loss.item())
     weights = model.module.weight.detach().clone()
     gathered = [torch.zeros_like(weights) for _ in range(world)]
     dist.all_gather(gathered, weights)
