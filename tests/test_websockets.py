@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
-from django.db import connections
 
 from controlplane.asgi import application
 from controlplane.tenancy import services
+from tests.asyncio_helpers import run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,18 +16,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def token_for(username: str) -> str:
     user = get_user_model().objects.create_user(username, password="x-pass-123")
     return services.create_token(services.Actor.system(), user, "ws")[1]
-
-
-def run(scenario):
-    """Run a scenario, then close the DB connections its sync_to_async thread opened."""
-
-    async def wrapped():
-        try:
-            return await scenario()
-        finally:
-            await database_sync_to_async(connections.close_all)()
-
-    return asyncio.run(wrapped())
 
 
 async def connect(headers: list[tuple[bytes, bytes]]):

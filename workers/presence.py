@@ -57,13 +57,8 @@ def on_worker_ready(sender=None, **kwargs) -> None:
     _heartbeat.start()
 
 
-@worker_shutting_down.connect
-def on_worker_shutting_down(sender=None, **kwargs) -> None:
-    """Stop this host's jobs gracefully (they checkpoint) and let them requeue elsewhere."""
-    from workers.launcher import DRAINING
-
-    DRAINING.set()
-    # Offline at once, so the scheduler places nothing more here while the jobs stop.
+def _go_offline() -> None:
+    """Stop heartbeating and show this host offline (idempotent)."""
     if _heartbeat is not None:
         _heartbeat.stopping.set()
     try:
@@ -71,14 +66,18 @@ def on_worker_shutting_down(sender=None, **kwargs) -> None:
         services.mark_stopped(settings.HOSTNAME, pid=os.getpid())
     except Exception:
         log.exception("could not mark this worker stopped")
+
+
+@worker_shutting_down.connect
+def on_worker_shutting_down(sender=None, **kwargs) -> None:
+    """Stop this host's jobs gracefully (they checkpoint) and let them requeue elsewhere;
+    offline at once, so the scheduler places nothing more here while they stop."""
+    from workers.launcher import DRAINING
+
+    DRAINING.set()
+    _go_offline()
 
 
 @worker_shutdown.connect
 def on_worker_shutdown(sender=None, **kwargs) -> None:
-    if _heartbeat is not None:
-        _heartbeat.stopping.set()
-    try:
-        close_old_connections()
-        services.mark_stopped(settings.HOSTNAME, pid=os.getpid())
-    except Exception:
-        log.exception("could not mark this worker stopped")
+    _go_offline()

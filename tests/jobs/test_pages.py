@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.db import connections
 from django.test import Client
 
 from controlplane.asgi import application
 from controlplane.tenancy.services import Actor, create_token
 from jobs import outputs
+from tests.asyncio_helpers import run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 BUILTIN = ["python", "-m", "workers.recipes.causal_lm"]
@@ -43,16 +41,6 @@ def test_plotly_is_served_from_the_package(db):
     response = Client().get("/static/vendor/plotly.min.js")
     assert response.status_code == 200
     assert b"plotly" in b"".join(response.streaming_content)[:2000].lower()
-
-
-def run(scenario):
-    async def wrapped():
-        try:
-            return await scenario()
-        finally:
-            await database_sync_to_async(connections.close_all)()
-
-    return asyncio.run(wrapped())
 
 
 def test_the_job_socket_sends_a_snapshot_then_live_events_and_resumes(cast, job):
