@@ -153,6 +153,11 @@ def set_pid(node_id: int, claim: str, pid: int) -> None:
     AttemptNode.objects.filter(pk=node_id, claim=claim).update(pid=pid)
 
 
+def set_pids(node_id: int, claim: str, pids: list[int]) -> None:
+    """The processes of the node's job (for per-process GPU telemetry attribution)."""
+    AttemptNode.objects.filter(pk=node_id, claim=claim).update(pids=sorted(pids))
+
+
 @dataclass
 class Lease:
     held: bool  # False: fenced (the attempt ended or another run owns the node): stop now

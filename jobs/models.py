@@ -140,7 +140,10 @@ class AttemptNode(models.Model):
     token_digest = models.CharField(
         max_length=64, blank=True, editable=False, help_text="SHA-256 of CP_ATTEMPT_TOKEN."
     )
-    pid = models.PositiveIntegerField(null=True, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True, help_text="The guard's pid.")
+    pids = models.JSONField(
+        default=list, blank=True, help_text="The job's processes on this host (for telemetry)."
+    )
     claimed_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     exit_code = models.IntegerField(null=True, blank=True)

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -309,6 +310,7 @@ class NodeRun:
                 except Exception:  # the database is away: keep going until the lease runs out
                     log.warning("lease renewal failed", exc_info=True)
                     lease = None
+                self._record_pids()
                 if lease is not None and not lease.held:
                     log.warning("node %s of attempt %s was fenced", plan.rank, plan.attempt_id)
                     self._hard_stop()
@@ -332,6 +334,21 @@ class NodeRun:
             self._flush_logs(buffer)
         self._handle_events(tail.read())
         return Outcome(exit_code=proc.returncode)
+
+    def _record_pids(self) -> None:
+        """Tell the control plane which processes are this job's (when that changes)."""
+        plan, proc = self.plan, self.proc
+        assert plan is not None and proc is not None
+        try:
+            pids = sorted(p.pid for p in psutil.Process(proc.pid).children(recursive=True))
+        except psutil.Error:
+            return
+        if pids != getattr(self, "_pids", None):
+            self._pids = pids
+            try:
+                lifecycle.set_pids(plan.node_id, plan.claim, pids)
+            except Exception:
+                log.warning("could not record the job's pids", exc_info=True)
 
     def _terminate(self) -> None:
         assert self.proc is not None
