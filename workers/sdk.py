@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -114,9 +115,17 @@ def _emit(event: dict[str, Any]) -> None:
             os.close(fd)
 
 
-def report_metrics(step: int, values: dict[str, float], kind: str = "train") -> None:
-    """Report scalar metrics for ``step`` (``kind``: train, eval, system, ...)."""
-    _emit({"type": "metrics", "kind": str(kind), "step": int(step), "values": _clean(values)})
+def report_metrics(
+    step: int, values: dict[str, float], kind: str = "train", *, total: int | None = None
+) -> None:
+    """Report scalar metrics for ``step`` (``kind``: train, eval, system, ...).
+
+    ``total``, when given, is the planned number of steps (shown as progress)."""
+    event: dict[str, Any] = {"type": "metrics", "kind": str(kind), "step": int(step)}
+    event["values"] = _clean(values)
+    if total:
+        event["total"] = int(total)
+    _emit(event)
 
 
 def report_checkpoint(path: str | Path, step: int, metrics: dict[str, float] | None = None) -> None:
@@ -240,7 +249,8 @@ def save_checkpoint(
 
 def latest_checkpoint() -> Path | None:
     """Where to resume from: ``CP_RESUME_FROM`` when the control plane set it, else the
-    newest complete ``step-N`` directory under ``CP_CHECKPOINT_DIR``; None to start fresh."""
+    newest complete ``step-N`` (or ``step_N``) directory under ``CP_CHECKPOINT_DIR``;
+    None to start fresh. Temporary directories being written are never picked."""
     given = resume_from()
     if given is not None:
         return given
@@ -249,10 +259,14 @@ def latest_checkpoint() -> Path | None:
         return None
     steps = []
     for path in root.iterdir():
-        name = path.name
-        if path.is_dir() and name.startswith("step-") and name[5:].isdigit():
-            steps.append((int(name[5:]), path))
+        match = _STEP_DIR.match(path.name)
+        if path.is_dir() and match:
+            steps.append((int(match.group(1)), path))
     return max(steps)[1] if steps else None
+
+
+# ``step-12`` (save_checkpoint) or ``step_00000012`` (the built-in recipe).
+_STEP_DIR = re.compile(r"^step[-_](\d+)$")
 
 
 __all__ += ["latest_checkpoint", "report", "save_checkpoint", "should_stop"]

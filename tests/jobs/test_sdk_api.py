@@ -69,3 +69,10 @@ def test_should_stop_turns_sigterm_into_a_flag(managed):
     finally:
         signal.signal(signal.SIGTERM, previous)
         sdk._stop.clear()
+
+
+def test_latest_checkpoint_also_finds_the_recipes_directories(managed, tmp_path):
+    root = tmp_path / "ckpt"
+    for name in ("step_00000010", "step-9", ".tmp-step-11-1", "step_notanumber"):
+        (root / name).mkdir(parents=True)
+    assert sdk.latest_checkpoint() == root / "step_00000010"
