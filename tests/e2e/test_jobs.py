@@ -157,6 +157,30 @@ def test_a_two_process_ddp_job_runs_an_unmodified_torchrun_script(stack):
     assert (done["progress"]["step"], done["progress"]["total"]) == (30, 30)
 
 
+def test_the_built_in_recipe_runs_as_a_ddp_job_and_reports_through_the_sdk(stack):
+    response = stack.api.post(
+        "/api/v1/jobs/",
+        json={
+            "name": "tiny-lm",
+            "project": "default",
+            "entrypoint": ["python", "-m", "workers.recipes.causal_lm"],
+            "args": ["--max-steps", "12", "--seq-len", "64", "--micro-batch", "2",
+                     "--log-every", "3", "--eval-every", "6", "--checkpoint-every", "6"],
+            "resources": {"procs_per_node": 2},
+            "checkpoint": {"keep": 1},
+            "max_restarts": 0,
+        },
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    done = wait_state(stack, response.json()["id"], TERMINAL, timeout=180)
+    assert done["state"] == "SUCCEEDED", logs(stack, done["id"])
+    names = stack.api.get(f"/api/v1/jobs/{done['id']}/metrics/").json()["names"]
+    assert "loss" in names and any(n.startswith("eval") for n in names), names
+    checkpoints = stack.api.get(f"/api/v1/jobs/{done['id']}/checkpoints/").json()
+    assert [c["step"] for c in checkpoints] == [12]  # keep: 1
+    assert done["progress"]["step"] == 12
+
+
 def test_cpctl_submits_a_directory_and_follows_it(stack, tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text("name: hello\nproject: default\nentrypoint: [python, hello.py]\n")
