@@ -368,7 +368,33 @@ JOB_LEASE_RENEW_INTERVAL = env_float(
 JOB_START_TIMEOUT = env_float("CP_JOB_START_TIMEOUT", 120.0, minimum=1.0)
 JOB_STOP_GRACE_SECONDS = env_float("CP_JOB_STOP_GRACE_SECONDS", 30.0, minimum=0.0)
 JOB_LOG_CAP_BYTES = env_int("CP_JOB_LOG_CAP_BYTES", 20 * 1024 * 1024, minimum=1024)
+MODEL_UPLOAD_MAX_BYTES = env_int("CP_MODEL_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1024)
 if JOB_LEASE_RENEW_INTERVAL * 2 > JOB_LEASE_SECONDS:
     raise ImproperlyConfigured(
         "CP_JOB_LEASE_RENEW_INTERVAL must be at most half of CP_JOB_LEASE_SECONDS."
     )
+
+# --- telemetry -----------------------------------------------------------------------------
+TELEMETRY_ENABLED = env_bool("CP_TELEMETRY_ENABLED", True)
+TELEMETRY_INTERVAL = env_float("CP_TELEMETRY_INTERVAL", 1.0, minimum=0.1, maximum=60)
+TELEMETRY_HISTORY_STEP = env_int("CP_TELEMETRY_HISTORY_STEP", 10, minimum=1, maximum=30)
+if 60 % TELEMETRY_HISTORY_STEP:
+    raise ImproperlyConfigured("CP_TELEMETRY_HISTORY_STEP must divide 60 (1, 2, 5, 10, ...).")
+TELEMETRY_FINE_HOURS = env_float("CP_TELEMETRY_FINE_HOURS", 24.0, minimum=0.1)
+TELEMETRY_RETENTION_DAYS = env_float("CP_TELEMETRY_RETENTION_DAYS", 30.0, minimum=0.1)
+TELEMETRY_RECENT_SECONDS = env_int("CP_TELEMETRY_RECENT_SECONDS", 900, minimum=60, maximum=86400)
+TELEMETRY_RECENT_POINTS = max(1, int(TELEMETRY_RECENT_SECONDS / max(1.0, TELEMETRY_INTERVAL)))
+TELEMETRY_WS_BUFFER = env_int("CP_TELEMETRY_WS_BUFFER", 32, minimum=1, maximum=10000)
+METRICS_TOKEN = env_str("CP_METRICS_TOKEN")
+METRICS_LOOPBACK_OPEN = env_bool("CP_METRICS_LOOPBACK_OPEN", True)
+# Telemetry fans out through Redis pub/sub: one PUBLISH per group and sample however many
+# browsers watch; each web process hands it to its own sockets (bounded buffers there).
+CHANNEL_LAYERS["telemetry"] = {
+    "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{CACHES['default']['KEY_PREFIX']}:tm"},
+}
+CELERY_BEAT_SCHEDULE["telemetry-history"] = {
+    "task": "monitoring.maintain_history",
+    "schedule": 600.0,
+    "options": {"expires": 600, "queue": CONTROL_QUEUE},
+}

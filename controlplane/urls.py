@@ -17,6 +17,7 @@ cluster.register("gpus", GpuViewSet, basename="gpu")
 api_v1 = [
     path("", include("controlplane.tenancy.api.urls")),
     path("", include("jobs.api.urls")),
+    path("", include("serving.urls")),
     *cluster.urls,
 ]
 

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import events, storage
+from jobs import events, signals, storage
 from jobs.models import Attempt, AttemptNode, Job, NodeState, Reservation
 from jobs.states import ATTEMPT_LIVE, AttemptState, JobState, StopReason
 
@@ -252,6 +252,8 @@ def _finalize(attempt: Attempt, state: str, now) -> None:
     stop = attempt.stop_requested
     if state == AttemptState.SUCCEEDED:
         fields = job.move_to(JobState.SUCCEEDED, exit_code=0, finished_at=now, reason="")
+        job_id = job.pk
+        transaction.on_commit(lambda: signals.job_succeeded.send(sender=Job, job_id=job_id))
     elif state == AttemptState.CANCELLED:
         fields = job.move_to(JobState.CANCELLED, finished_at=now, reason="Cancelled.")
     elif state == AttemptState.PREEMPTED:

@@ -52,6 +52,10 @@ class Job(models.Model):
     preemptions = models.PositiveIntegerField(default=0)
     exit_code = models.IntegerField(null=True, blank=True)
     progress = models.JSONField(default=dict, blank=True, help_text="Latest step and metrics.")
+    model_path = models.CharField(
+        max_length=500, blank=True, help_text="A finished HF model the job offered the registry."
+    )
+    model_metrics = models.JSONField(default=dict, blank=True)
     log_bytes = models.BigIntegerField(default=0)
     log_truncated = models.BooleanField(default=False)
 

@@ -129,3 +129,18 @@ def record_checkpoint(
         },
     )
     return checkpoint
+
+
+def record_model(job_id: int, path: str, metrics: dict | None = None) -> bool:
+    """Note the finished model a job offers the registry (registered if the job succeeds).
+
+    Only a directory inside the job's own storage with a ``config.json`` counts."""
+    target = Path(path)
+    if not storage.is_inside(target, storage.job_root(job_id)):
+        return False
+    if not (target / "config.json").is_file():
+        return False
+    Job.objects.filter(pk=job_id).update(
+        model_path=str(target.resolve()), model_metrics=_clean_values(metrics or {})
+    )
+    return True

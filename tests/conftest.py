@@ -12,8 +12,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from controlplane.cluster import services as cluster
 from controlplane.tenancy import services
 from controlplane.tenancy.models import Membership, Project, Role
+from jobs import services as job_services
 
 User = get_user_model()
 
@@ -64,5 +66,48 @@ def api():
             _, raw = services.create_token(services.Actor.system(), user, "test")
             client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
         return client
+
+    return make
+
+
+def add_host(name: str, gpus: int = 0, cpu_slots: int = 0):
+    return cluster.register_worker(
+        cluster.HostInfo(
+            name=name,
+            queue=f"host.{name}",
+            address="127.0.0.1",
+            cpu_slots=cpu_slots,
+            gpus=[
+                cluster.GpuSpec(
+                    index=i,
+                    uuid=f"GPU-{name}-{i}",
+                    name="NVIDIA H100",
+                    memory_total=80 * 2**30,
+                    pci_bus_id="",
+                )
+                for i in range(gpus)
+            ],
+        )
+    )
+
+
+@pytest.fixture
+def hosts(db):
+    """Three hosts: two with 8 GPUs, one with 4; and 4 CPU slots each."""
+    return [add_host("gpu-a", 8, 4), add_host("gpu-b", 8, 4), add_host("gpu-c", 4, 4)]
+
+
+@pytest.fixture
+def submit(cast):
+    """``submit(user, **spec)``: a job through the real service (validation included)."""
+
+    def make(user=None, **spec):
+        data = {
+            "name": spec.pop("name", "job"),
+            "project": spec.pop("project", "alpha"),
+            "entrypoint": spec.pop("entrypoint", ["python", "-m", "workers.recipes.causal_lm"]),
+            **spec,
+        }
+        return job_services.submit_job(services.Actor(user=user or cast.bob), data)
 
     return make

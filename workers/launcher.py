@@ -386,6 +386,10 @@ class NodeRun:
                     outputs.record_metrics(
                         plan.job_id, plan.attempt, int(event["step"]), values, event.get("total")
                     )
+                elif event.get("type") == "model":
+                    outputs.record_model(
+                        plan.job_id, str(event["path"]), event.get("metrics") or {}
+                    )
                 elif event.get("type") == "checkpoint":
                     outputs.record_checkpoint(
                         plan.job_id,

@@ -269,4 +269,10 @@ def latest_checkpoint() -> Path | None:
 _STEP_DIR = re.compile(r"^step[-_](\d+)$")
 
 
-__all__ += ["latest_checkpoint", "report", "save_checkpoint", "should_stop"]
+def report_model(path: str | Path, metrics: dict[str, float] | None = None) -> None:
+    """Offer a finished Hugging Face model directory to the model registry: when the job
+    succeeds, the control plane registers it as a new version of the job's model."""
+    _emit({"type": "model", "path": str(Path(path).resolve()), "metrics": _clean(metrics or {})})
+
+
+__all__ += ["latest_checkpoint", "report", "report_model", "save_checkpoint", "should_stop"]

@@ -179,6 +179,15 @@ def test_the_built_in_recipe_runs_as_a_ddp_job_and_reports_through_the_sdk(stack
     checkpoints = stack.api.get(f"/api/v1/jobs/{done['id']}/checkpoints/").json()
     assert [c["step"] for c in checkpoints] == [12]  # keep: 1
     assert done["progress"]["step"] == 12
+    # It offered its exported model, and the registry took it when the job succeeded.
+    models = wait_for(
+        lambda: stack.api.get("/api/v1/models/", params={"name": "tiny-lm"}).json()["results"],
+        30,
+        "the final model to be registered",
+    )
+    versions = stack.api.get(f"/api/v1/models/{models[0]['id']}/versions/").json()
+    assert [(v["version"], v["source"], v["job"]) for v in versions] == [(1, "job", done["id"])]
+    assert versions[0]["parameter_count"] > 100_000 and "eval_loss" in versions[0]["metrics"]
 
 
 def test_cpctl_submits_a_directory_and_follows_it(stack, tmp_path):

@@ -14,7 +14,7 @@ from django.test import override_settings
 
 from jobs import outputs, scheduler, storage
 from jobs.models import Job
-from tests.jobs.conftest import add_host
+from tests.conftest import add_host
 
 pytestmark = pytest.mark.django_db
 BUILTIN = ["python", "-m", "workers.recipes.causal_lm"]

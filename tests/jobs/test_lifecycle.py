@@ -14,7 +14,7 @@ from controlplane.tenancy.services import Actor
 from jobs import lifecycle, outputs, scheduler, services, storage
 from jobs.models import Attempt, AttemptNode, Checkpoint, Job, LogChunk, Reservation
 from jobs.states import AttemptState, JobState, StopReason
-from tests.jobs.conftest import add_host
+from tests.conftest import add_host
 
 pytestmark = pytest.mark.django_db
 

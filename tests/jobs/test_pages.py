@@ -18,7 +18,7 @@ BUILTIN = ["python", "-m", "workers.recipes.causal_lm"]
 
 @pytest.fixture
 def job(cast, submit):
-    from tests.jobs.conftest import add_host
+    from tests.conftest import add_host
 
     add_host("cpu-1", cpu_slots=2)
     return submit(name="paged")

@@ -11,7 +11,7 @@ from django.db import connection
 from jobs import lifecycle, scheduler
 from jobs.models import Attempt, AttemptNode, Job, Reservation
 from jobs.states import AttemptState, JobState, StopReason
-from tests.jobs.conftest import add_host
+from tests.conftest import add_host
 
 pytestmark = pytest.mark.django_db
 

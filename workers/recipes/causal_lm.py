@@ -380,6 +380,8 @@ def run(cfg: RecipeConfig, ctx: DistContext) -> int:
             }
             path = export_final(output_dir / "final", final_sd, hf_config, data.tokenizer, card)
             log.info("exported %s", path)
+            if cfg.register:  # the control plane registers it when the job succeeds
+                sdk.report_model(path, {k: v for k, v in last.items() if k.startswith("eval")})
         ctx.barrier()
     return 0
 

@@ -92,6 +92,7 @@ class RecipeConfig:
     resume: str | None
     deterministic: bool
     export: bool
+    register: bool
     peak_tflops: float | None
 
     def to_json(self) -> dict[str, Any]:
@@ -214,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
         "directory; CP_RESUME_FROM wins under the control plane",
     )
     o.add_argument("--no-export", action="store_true", help="skip OUTPUT_DIR/final")
+    o.add_argument(
+        "--no-register",
+        action="store_true",
+        help="as a control-plane job, do not register the final model in the model registry",
+    )
     o.add_argument("--peak-tflops", type=_positive_float, help="accelerator peak for MFU")
     return p
 
@@ -306,6 +312,7 @@ def parse_config(argv: list[str] | None = None) -> RecipeConfig:
         resume=a.resume,
         deterministic=a.deterministic,
         export=not a.no_export,
+        register=not a.no_register,
         peak_tflops=a.peak_tflops,
     )
 

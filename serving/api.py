@@ -1,0 +1,209 @@
+"""REST views of the model registry: /api/v1/models/ and /api/v1/models/{id}/versions/."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, parsers, serializers, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
+from controlplane.tenancy.api.common import (
+    LimitedJSONParser,
+    PayloadTooLarge,
+    StrictModelSerializer,
+    StrictSerializer,
+)
+from controlplane.tenancy.models import Project, Role
+from jobs.models import Checkpoint, Job
+from serving import services
+from serving.models import Model, ModelVersion
+
+
+class ModelSerializer(StrictModelSerializer):
+    project = serializers.SlugRelatedField(
+        slug_field="name", queryset=Project.objects.all(), default=None
+    )
+    latest_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Model
+        fields = ["id", "name", "project", "description", "latest_version", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        extra_kwargs = {"name": {"validators": []}}
+
+    def get_latest_version(self, obj: Model) -> int | None:
+        latest = max((v.version for v in obj.versions.all()), default=None)
+        return latest
+
+
+class ModelUpdateSerializer(StrictSerializer):
+    description = serializers.CharField(max_length=500, allow_blank=True)
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    job = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "version",
+            "source",
+            "job",
+            "checkpoint_step",
+            "size_bytes",
+            "parameter_count",
+            "model_type",
+            "metrics",
+            "created_at",
+        ]
+
+
+class NewVersionSerializer(StrictSerializer):
+    checkpoint = serializers.IntegerField(
+        required=False, min_value=1, help_text="Register this checkpoint (its id)."
+    )
+    job = serializers.IntegerField(
+        required=False, min_value=1, help_text="Register this job's final model."
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        if len(attrs) != 1:
+            raise serializers.ValidationError(
+                "Give one of: checkpoint, job (or upload an archive as multipart)."
+            )
+        return attrs
+
+
+class ModelArchiveParser(parsers.MultiPartParser):
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        request = (parser_context or {}).get("request")
+        declared = request.META.get("CONTENT_LENGTH", "") if request is not None else ""
+        limit = settings.MODEL_UPLOAD_MAX_BYTES + settings.API_MAX_BODY_BYTES
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(
+                f"The upload is {declared} bytes; models may be at most "
+                f"{settings.MODEL_UPLOAD_MAX_BYTES} bytes."
+            )
+        return super().parse(stream, media_type, parser_context)
+
+
+class ModelViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    ProjectScopedViewSet,
+):
+    """Models of your projects. Versions: ``versions/`` (register from a checkpoint or a
+    job, or upload a tar/zip of a Hugging Face directory), ``versions/{n}/download/``."""
+
+    queryset = Model.objects.select_related("project").prefetch_related("versions")
+    serializer_class = ModelSerializer
+    parser_classes = [LimitedJSONParser, ModelArchiveParser]
+    filterset_fields = ["name", "project__name"]
+    required_roles = {"update": Role.MEMBER, "partial_update": Role.MEMBER}
+
+    def get_serializer_class(self) -> type:
+        if self.action in ("update", "partial_update"):
+            return ModelUpdateSerializer
+        return ModelSerializer
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = ModelSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        project = serializer.validated_data["project"] or get_object_or_404(Project, name="default")
+        visible = scope_to_user(Project.objects.filter(pk=project.pk), request.user, "")
+        if not visible.exists():
+            raise serializers.ValidationError(
+                {"project": [f"No project named {project.name!r} that you belong to."]}
+            )
+        model = services.create_model(
+            self.actor(),
+            project,
+            serializer.validated_data["name"],
+            serializer.validated_data.get("description", ""),
+        )
+        return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        model = self.get_object()
+        serializer = ModelUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        model.description = serializer.validated_data["description"]
+        model.save(update_fields=["description"])
+        return Response(ModelSerializer(model).data)
+
+    @extend_schema(request=NewVersionSerializer, responses={200: VersionSerializer(many=True)})
+    @action(detail=True, methods=["get", "post"], url_path="versions")
+    def versions(self, request: Request, pk: str | None = None) -> Response:
+        model = self.get_object()
+        if request.method == "GET":
+            return Response(VersionSerializer(model.versions.order_by("-version"), many=True).data)
+        if request.content_type.startswith("multipart/"):
+            archive = request.FILES.get("archive")
+            if archive is None or set(request.data) - {"archive"}:
+                raise serializers.ValidationError({"archive": ["Send one file field: archive."]})
+            version = services.register_upload(self.actor(), model, archive.file, archive.size)
+        else:
+            serializer = NewVersionSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            jobs = scope_to_user(Job.objects.all(), request.user, "project")
+            if "checkpoint" in serializer.validated_data:
+                checkpoint = Checkpoint.objects.filter(
+                    pk=serializer.validated_data["checkpoint"], job__in=jobs
+                ).first()
+                if checkpoint is None:
+                    raise serializers.ValidationError({"checkpoint": ["No such checkpoint."]})
+                version = services.register_checkpoint(self.actor(), model, checkpoint)
+            else:
+                job = jobs.filter(pk=serializer.validated_data["job"]).first()
+                if job is None:
+                    raise serializers.ValidationError({"job": ["No such job."]})
+                version = services.register_job_model(self.actor(), model, job)
+        return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("version", int, OpenApiParameter.PATH)],
+        responses={(200, "application/x-tar"): bytes},
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"versions/(?P<version>[0-9]+)/download",
+    )
+    def download(self, request: Request, pk: str | None = None, version: str = "") -> Any:
+        model = self.get_object()
+        row = get_object_or_404(model.versions, version=int(version))
+        name = f"{model.name}-v{row.version}"
+        response = StreamingHttpResponse(
+            stream_tar(Path(row.path), name), content_type="application/x-tar"
+        )
+        response["Content-Disposition"] = f'attachment; filename="{name}.tar"'
+        return response
+
+
+def stream_tar(directory: Path, prefix: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """An uncompressed tar of ``directory``'s files, streamed (weights do not compress)."""
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        info = tarfile.TarInfo(f"{prefix}/{path.relative_to(directory)}")
+        info.size = path.stat().st_size
+        info.mtime = int(path.stat().st_mtime)
+        info.mode = 0o644
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        with open(path, "rb") as handle:
+            while data := handle.read(chunk):
+                yield data
+        remainder = info.size % tarfile.BLOCKSIZE
+        if remainder:
+            yield b"\0" * (tarfile.BLOCKSIZE - remainder)
+    yield b"\0" * (tarfile.BLOCKSIZE * 2)

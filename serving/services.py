@@ -1,0 +1,271 @@
+"""Every change to the model registry: create a model, register a version from a job's
+final model, a checkpoint or an uploaded archive, delete. Only safetensors weights and
+JSON/tokenizer files are ever kept (nothing that would be unpickled)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils.text import slugify
+from rest_framework.exceptions import ValidationError
+
+from controlplane.tenancy.errors import Conflict
+from controlplane.tenancy.models import Project, Role
+from controlplane.tenancy.services import Actor, record, require_role
+from jobs import storage
+from jobs.archives import ArchiveError, unpack
+from jobs.models import Checkpoint, Job
+from jobs.states import JobState
+from serving.models import Model, ModelVersion, VersionSource
+
+#: What a model version may hold: weights only as safetensors; config and tokenizer files.
+ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md"}
+#: Training state that a checkpoint carries and a model version does not.
+TRAINING_ONLY = {"optimizer.safetensors", "trainer_state.json", "checkpoint.json"}
+TRAINING_DIRS = {"rng"}
+MAX_UPLOAD_FILES = 1000
+
+
+def _invalid(field: str, message: str) -> ValidationError:
+    return ValidationError({field: [message]})
+
+
+def models_root() -> Path:
+    return storage.root() / "models"
+
+
+def safetensors_parameters(path: Path) -> int:
+    """Parameters in a safetensors file, from its header (no tensor is loaded)."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > 100 * 1024 * 1024:
+            raise ValueError("implausible safetensors header")
+        header = json.loads(handle.read(length))
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        count = 1
+        for dim in entry["shape"]:
+            count *= dim
+        total += count
+    return total
+
+
+def _inspect(directory: Path) -> tuple[int, int, str]:
+    """(size in bytes, parameter count, model_type) of a HF directory; raises ValueError."""
+    config = directory / "config.json"
+    if not config.is_file():
+        raise ValueError("it has no config.json")
+    try:
+        model_type = str(json.loads(config.read_text()).get("model_type", ""))
+    except (ValueError, AttributeError):
+        raise ValueError("config.json is not a JSON object") from None
+    weights = list(directory.glob("*.safetensors"))
+    if not weights:
+        raise ValueError("it has no .safetensors weights")
+    size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    try:
+        params = sum(safetensors_parameters(p) for p in weights)
+    except (ValueError, KeyError, struct.error, OSError) as exc:
+        raise ValueError(f"a weights file is not valid safetensors ({exc})") from None
+    return size, params, model_type
+
+
+def _copy_model_files(source: Path, dest: Path) -> None:
+    """Copy what serving needs (not optimizer/RNG state) into ``dest``, atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dest.parent))
+    try:
+        for path in source.iterdir():
+            if path.is_symlink() or path.name in TRAINING_ONLY or path.name in TRAINING_DIRS:
+                continue
+            if path.is_file() and path.suffix in ALLOWED_SUFFIXES:
+                shutil.copy2(path, tmp / path.name)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@transaction.atomic
+def create_model(actor: Actor, project: Project, name: str, description: str = "") -> Model:
+    require_role(actor, project, Role.MEMBER)
+    if Model.objects.filter(project=project, name=name).exists():
+        raise Conflict(f"Project {project.name} has a model named {name!r} already.", "name")
+    model = Model.objects.create(
+        project=project, name=name, description=description, created_by=actor.user
+    )
+    record(actor, "model.created", model, project=project)
+    return model
+
+
+def _add_version(
+    actor: Actor,
+    model: Model,
+    source_dir: Path,
+    source: str,
+    *,
+    job: Job | None = None,
+    step: int | None = None,
+    metrics: dict | None = None,
+    copy: bool = True,
+) -> ModelVersion:
+    """Put ``source_dir`` in the registry as the next version of ``model``."""
+    with transaction.atomic():
+        Model.objects.select_for_update().filter(pk=model.pk).first()
+        number = (model.versions.aggregate(n=Max("version"))["n"] or 0) + 1
+        dest = models_root() / str(model.pk) / str(number)
+        if dest.exists():
+            shutil.rmtree(dest)
+        if copy:
+            _copy_model_files(source_dir, dest)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source_dir, dest)
+        try:
+            size, params, model_type = _inspect(dest)
+        except ValueError as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise _invalid("source", f"Not a usable model directory: {exc}.") from None
+        try:
+            version = ModelVersion.objects.create(
+                model=model,
+                version=number,
+                source=source,
+                job=job,
+                checkpoint_step=step,
+                path=str(dest),
+                size_bytes=size,
+                parameter_count=params,
+                model_type=model_type,
+                metrics=metrics or {},
+                created_by=actor.user,
+            )
+            record(
+                actor,
+                "model.version_registered",
+                version,
+                project=model.project,
+                detail={"source": source, "job": job and job.pk, "step": step},
+            )
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+    return version
+
+
+def register_checkpoint(actor: Actor, model: Model, checkpoint: Checkpoint) -> ModelVersion:
+    """A checkpoint of one of the project's jobs becomes a version."""
+    require_role(actor, model.project, Role.MEMBER)
+    if checkpoint.job.project_id != model.project_id:
+        raise _invalid("checkpoint", "That checkpoint belongs to another project's job.")
+    path = Path(checkpoint.path)
+    if not path.is_dir():
+        raise _invalid("checkpoint", "The checkpoint's files are gone (pruned or moved).")
+    return _add_version(
+        actor,
+        model,
+        path,
+        VersionSource.CHECKPOINT,
+        job=checkpoint.job,
+        step=checkpoint.step,
+        metrics=checkpoint.metrics,
+    )
+
+
+def register_job_model(actor: Actor, model: Model, job: Job) -> ModelVersion:
+    """The final model a succeeded job offered (``sdk.report_model``) becomes a version."""
+    require_role(actor, model.project, Role.MEMBER)
+    if job.project_id != model.project_id:
+        raise _invalid("job", "That job belongs to another project.")
+    if job.state != JobState.SUCCEEDED or not job.model_path:
+        raise _invalid("job", "That job has not succeeded with a final model to register.")
+    return _add_version(
+        actor,
+        model,
+        Path(job.model_path),
+        VersionSource.JOB,
+        job=job,
+        step=(job.progress or {}).get("step"),
+        metrics=job.model_metrics,
+    )
+
+
+def register_upload(actor: Actor, model: Model, archive: IO[bytes], size: int) -> ModelVersion:
+    """An uploaded tar/zip of a HF directory (safetensors + JSON/tokenizer files only)."""
+    require_role(actor, model.project, Role.MEMBER)
+    if size > settings.MODEL_UPLOAD_MAX_BYTES:
+        raise _invalid(
+            "archive",
+            f"The archive is {size} bytes; the limit is {settings.MODEL_UPLOAD_MAX_BYTES}.",
+        )
+    staging = models_root() / ".uploads" / os.urandom(8).hex()
+    try:
+        unpack(
+            archive,
+            staging,
+            max_files=MAX_UPLOAD_FILES,
+            max_bytes=settings.MODEL_UPLOAD_MAX_BYTES * 2,
+        )
+    except ArchiveError as exc:
+        raise _invalid("archive", str(exc)) from None
+    try:
+        for path in staging.rglob("*"):
+            if path.is_dir():
+                raise _invalid("archive", f"{path.name}/: put the model files at the top level.")
+            if path.suffix not in ALLOWED_SUFFIXES:
+                raise _invalid(
+                    "archive",
+                    f"{path.name}: only .safetensors weights and JSON/tokenizer files are "
+                    "accepted (no pickles: convert .bin/.pt with safetensors first).",
+                )
+        return _add_version(actor, model, staging, VersionSource.UPLOAD, copy=False)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def register_succeeded_job(job_id: int) -> ModelVersion | None:
+    """After a job succeeds: register the final model it offered, as the next version of
+    the model named after the job (created on first use). Called on ``job_succeeded``."""
+    job = Job.objects.select_related("project", "created_by").get(pk=job_id)
+    if not job.model_path:
+        return None
+    actor = Actor(user=job.created_by, via="system") if job.created_by else Actor.system()
+    name = slugify(job.name)[:100] or f"job-{job.pk}"
+    with transaction.atomic():
+        model = Model.objects.filter(project=job.project, name=name).first()
+        if model is None:
+            model = Model.objects.create(
+                project=job.project,
+                name=name,
+                description=f"Registered from job #{job.pk}.",
+                created_by=job.created_by,
+            )
+            record(actor, "model.created", model, project=job.project)
+    return _add_version(
+        Actor.system(),
+        model,
+        Path(job.model_path),
+        VersionSource.JOB,
+        job=job,
+        step=(job.progress or {}).get("step"),
+        metrics=job.model_metrics,
+    )
+
+
+@transaction.atomic
+def delete_version(actor: Actor, version: ModelVersion) -> None:
+    require_role(actor, version.model.project, Role.ADMIN)
+    path = Path(version.path)
+    record(actor, "model.version_deleted", version, project=version.model.project)
+    version.delete()
+    transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
