@@ -37,49 +37,25 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from controlplane.cluster.models import Gpu, Worker
 from controlplane.tenancy.models import Project
 from jobs import lifecycle
 from jobs.models import Attempt, AttemptNode, Checkpoint, Job, Reservation
-from jobs.states import ATTEMPT_LIVE, JobState, Priority, StopReason
+from jobs.placement import (
+    Host,
+    Pending,
+    Placement,
+    fit,
+    load_hosts,
+    load_running,
+    mark_stopping,
+    reserve,
+    victims,
+)
+from jobs.states import JobState, Priority, StopReason
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x6370_5343  # "cpSC": the advisory lock of a scheduling pass
 RUN_ATTEMPT_TASK = "workers.run_attempt"
-
-
-@dataclass
-class Host:
-    id: int
-    name: str
-    address: str
-    gpus: list[int]
-    slots: int
-    free_gpus: list[int] = field(default_factory=list)
-    free_slots: list[int] = field(default_factory=list)
-    # devices held by attempts that are already stopping: free soon
-    stopping_gpus: int = 0
-    stopping_slots: int = 0
-
-    def free(self, gpu_job: bool) -> int:
-        return len(self.free_gpus) if gpu_job else len(self.free_slots)
-
-    def soon(self, gpu_job: bool) -> int:
-        return self.stopping_gpus if gpu_job else self.stopping_slots
-
-
-@dataclass
-class Running:
-    """A live attempt as the scheduler sees it, for quotas and preemption."""
-
-    attempt_id: int
-    job_id: int
-    project_id: int
-    priority: int
-    gpus: int
-    started: float
-    stopping: bool
-    devices: dict[int, tuple[int, int]]  # host id -> (gpus, slots) it holds there
 
 
 @dataclass
@@ -93,81 +69,6 @@ def _lock() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
-
-
-def _load_hosts(now) -> dict[int, Host]:
-    hosts: dict[int, Host] = {}
-    for worker in Worker.objects.online(now).values("id", "name", "address", "cpu_slots"):
-        hosts[worker["id"]] = Host(
-            id=worker["id"],
-            name=worker["name"],
-            address=worker["address"],
-            gpus=[],
-            slots=worker["cpu_slots"],
-        )
-    for worker_id, index in Gpu.objects.filter(worker_id__in=hosts).values_list(
-        "worker_id", "index"
-    ):
-        hosts[worker_id].gpus.append(index)
-    taken: dict[tuple[int, str], set[int]] = defaultdict(set)
-    for worker_id, kind, index in Reservation.objects.filter(worker_id__in=hosts).values_list(
-        "worker_id", "kind", "index"
-    ):
-        taken[(worker_id, kind)].add(index)
-    for host in hosts.values():
-        host.gpus.sort()
-        host.free_gpus = [i for i in host.gpus if i not in taken[(host.id, Reservation.GPU)]]
-        host.free_slots = [
-            i for i in range(host.slots) if i not in taken[(host.id, Reservation.CPU)]
-        ]
-    return hosts
-
-
-def _load_running() -> list[Running]:
-    attempts: dict[int, Running] = {}
-    rows = Reservation.objects.filter(attempt__state__in=ATTEMPT_LIVE).values_list(
-        "attempt_id",
-        "attempt__job_id",
-        "attempt__job__project_id",
-        "attempt__job__priority",
-        "attempt__job__nodes",
-        "attempt__job__gpus_per_node",
-        "attempt__created_at",
-        "attempt__stop_requested",
-        "worker_id",
-        "kind",
-    )
-    for attempt_id, job_id, project_id, prio, nodes, gpn, created, stop, worker_id, kind in rows:
-        run = attempts.get(attempt_id)
-        if run is None:
-            run = attempts[attempt_id] = Running(
-                attempt_id=attempt_id,
-                job_id=job_id,
-                project_id=project_id,
-                priority=prio,
-                gpus=nodes * gpn,
-                started=created.timestamp(),
-                stopping=bool(stop),
-                devices={},
-            )
-        gpus, slots = run.devices.get(worker_id, (0, 0))
-        run.devices[worker_id] = (gpus + (kind == Reservation.GPU), slots + (kind == "cpu"))
-    return list(attempts.values())
-
-
-def _fit(job: Job, hosts: list[Host], extra: dict[int, int] | None = None) -> list[Host] | None:
-    """The hosts for a gang placement (one node per host), best fit first; None if none.
-
-    ``extra`` adds devices per host id that would be free (free-soon or preemptible).
-    """
-    gpu_job = job.gpus_per_node > 0
-    need = job.gpus_per_node if gpu_job else job.procs_per_node
-    extra = extra or {}
-    fits = [h for h in hosts if h.free(gpu_job) + extra.get(h.id, 0) >= need]
-    if len(fits) < job.nodes:
-        return None
-    fits.sort(key=lambda h: (h.free(gpu_job) + extra.get(h.id, 0) - need, h.name))
-    return fits[: job.nodes]
 
 
 def _ordered(jobs: list[Job], usage: dict[int, int]):
@@ -212,80 +113,6 @@ def _capacity_reason(job: Job) -> str:
         what = f"{job.procs_per_node} free CPU slot{'s' if job.procs_per_node > 1 else ''}"
     hosts = f"{job.nodes} hosts" if job.nodes > 1 else "a host"
     return f"Waiting for {hosts} with {what}."
-
-
-def _victims(job: Job, hosts: list[Host], running: list[Running]) -> list[Running] | None:
-    """Lower-priority attempts whose devices would let ``job`` fit, fewest and newest first."""
-    gpu_job = job.gpus_per_node > 0
-    need = job.gpus_per_node if gpu_job else job.procs_per_node
-    candidates = sorted(
-        (r for r in running if r.priority < job.priority and not r.stopping),
-        key=lambda r: (r.priority, -r.started),
-    )
-    preemptible: dict[int, int] = defaultdict(int)
-    for run in candidates:
-        for host_id, (gpus, slots) in run.devices.items():
-            preemptible[host_id] += gpus if gpu_job else slots
-    chosen = _fit(job, hosts, preemptible)
-    if chosen is None:
-        return None
-    victims: list[Running] = []
-    for host in chosen:
-        short = (
-            need
-            - host.free(gpu_job)
-            - sum((v.devices.get(host.id, (0, 0))[0 if gpu_job else 1]) for v in victims)
-        )
-        for run in candidates:
-            if short <= 0:
-                break
-            if run in victims or host.id not in run.devices:
-                continue
-            victims.append(run)
-            short -= run.devices[host.id][0 if gpu_job else 1]
-    return victims
-
-
-@dataclass(slots=True)
-class Pending:
-    """A pending job as a pass sees it (a light row, not a model instance)."""
-
-    pk: int
-    project_id: int
-    priority: int
-    nodes: int
-    gpus_per_node: int
-    procs_per_node: int
-    reason: str
-
-    @property
-    def gpus(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-
-@dataclass
-class Placement:
-    job: Pending
-    hosts: list[Host]
-    devices: list[list[int]]
-
-
-def _reserve(job: Pending, hosts: list[Host]) -> Placement:
-    gpu_job = job.gpus_per_node > 0
-    devices = []
-    for host in hosts:
-        if gpu_job:
-            picked, host.free_gpus = (
-                host.free_gpus[: job.gpus_per_node],
-                host.free_gpus[job.gpus_per_node :],
-            )
-        else:
-            picked, host.free_slots = (
-                host.free_slots[: job.procs_per_node],
-                host.free_slots[job.procs_per_node :],
-            )
-        devices.append(picked)
-    return Placement(job=job, hosts=hosts, devices=devices)
 
 
 def _create_attempts(placements: list[Placement], now) -> list[Attempt]:
@@ -383,15 +210,15 @@ def schedule(now=None) -> Decision:
         ]
         if not pending:
             return decision
-        hosts = _load_hosts(now)
-        running = _load_running()
+        hosts = load_hosts(now)
+        running = load_running()
         gpus_used: dict[int, int] = defaultdict(int)
         jobs_running: dict[int, int] = defaultdict(int)
         for run in running:
             gpus_used[run.project_id] += run.gpus
             jobs_running[run.project_id] += 1
             if run.stopping:
-                _mark_stopping(run, hosts)
+                mark_stopping(run, hosts)
         projects = Project.objects.in_bulk({j.project_id for j in pending})
         reserved_hosts: set[int] = set()
         usable = list(hosts.values())
@@ -418,9 +245,9 @@ def schedule(now=None) -> Decision:
             gpu_job = job.gpus_per_node > 0
             shape = (gpu_job, job.gpus_per_node or job.procs_per_node, job.nodes)
             if shape not in failed_shapes:
-                chosen = _fit(job, usable)
+                chosen = fit(job, usable)
                 if chosen is not None:
-                    placements.append(_reserve(job, chosen))
+                    placements.append(reserve(job, chosen))
                     gpus_used[job.project_id] += job.gpus
                     jobs_running[job.project_id] += 1
                     continue
@@ -465,13 +292,6 @@ def schedule(now=None) -> Decision:
     return decision
 
 
-def _mark_stopping(run: Running, hosts: dict[int, Host]) -> None:
-    for host_id, (gpus, slots) in run.devices.items():
-        if host_id in hosts:
-            hosts[host_id].stopping_gpus += gpus
-            hosts[host_id].stopping_slots += slots
-
-
 _behind_cache: dict[tuple, str] = {}
 
 
@@ -481,7 +301,7 @@ def _behind_reason(job: Pending, head: Pending, hosts: dict[int, Host], shape: t
     if key not in _behind_cache:
         if len(_behind_cache) > 10_000:
             _behind_cache.clear()
-        fits_anywhere = _fit(job, list(hosts.values())) is not None
+        fits_anywhere = fit(job, list(hosts.values())) is not None
         _behind_cache[key] = (
             f"Waiting behind job #{head.pk}, which has hosts set aside for it."
             if fits_anywhere
@@ -495,16 +315,16 @@ def _make_room(job, usable, hosts, running, decision, wait) -> list[Host]:
     Returns the hosts to set aside for it."""
     gpu_job = job.gpus_per_node > 0
     soon = {h.id: h.soon(gpu_job) for h in usable}
-    target = _fit(job, usable, soon) if any(soon.values()) else None
+    target = fit(job, usable, soon) if any(soon.values()) else None
     if target is not None:
         wait(job, "Waiting for preempted jobs to stop.")
-    elif job.priority > Priority.LOW and (victims := _victims(job, usable, running)):
-        for victim in victims:
+    elif job.priority > Priority.LOW and (chosen := victims(job, usable, running)):
+        for victim in chosen:
             victim.stopping = True
             decision.preempted.append(victim.attempt_id)
-            _mark_stopping(victim, hosts)
-        target = _fit(job, usable, {h.id: h.soon(gpu_job) for h in usable})
-        ids = ", ".join(f"#{v.job_id}" for v in victims)
+            mark_stopping(victim, hosts)
+        target = fit(job, usable, {h.id: h.soon(gpu_job) for h in usable})
+        ids = ", ".join(f"#{v.job_id}" for v in chosen)
         wait(job, f"Preempting lower-priority job(s) {ids} to make room.")
     else:
         wait(job, _capacity_reason(job))
