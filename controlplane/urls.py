@@ -9,12 +9,15 @@ from rest_framework.routers import SimpleRouter
 from controlplane import views
 from controlplane.cluster.api import GpuViewSet, WorkerViewSet
 from jobs import views as job_views
+from monitoring import urls as monitoring_urls
+from monitoring import views as monitoring_views
 
 cluster = SimpleRouter()
 cluster.register("workers", WorkerViewSet, basename="worker")
 cluster.register("gpus", GpuViewSet, basename="gpu")
 
 api_v1 = [
+    *monitoring_urls.api_v1,  # before the routers: gpus/{id}/telemetry/, jobs/{id}/telemetry/
     path("", include("controlplane.tenancy.api.urls")),
     path("", include("jobs.api.urls")),
     path("", include("serving.urls")),
@@ -30,6 +33,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", job_views.job_list, name="job-list-page"),
     path("jobs/<int:job_id>/", job_views.job_detail, name="job-page"),
+    *monitoring_urls.pages,
+    path("metrics", monitoring_views.metrics, name="metrics"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("admin/", admin.site.urls),

@@ -24,8 +24,34 @@ class GpuInfo(TypedDict):
     pci_bus_id: str
 
 
-def _text(value: Any) -> str:
+#: NVML return codes that mean "this GPU or driver does not have that field" (n/a for
+#: good); anything else (GPU is lost, unknown error, ...) is a failure of the reading.
+NOT_SUPPORTED = 3
+NO_PERMISSION = 4
+NOT_FOUND = 6
+FUNCTION_NOT_FOUND = 13
+TIMEOUT = 10
+UNSUPPORTED_CODES = frozenset({NOT_SUPPORTED, FUNCTION_NOT_FOUND, NO_PERMISSION})
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The NVML return code an exception carries (``NVMLError.value``), if any."""
+    value = getattr(exc, "value", None)
+    return value if isinstance(value, int) else None
+
+
+def is_unsupported(exc: BaseException) -> bool:
+    """True when ``exc`` says the field does not exist here (rather than that it failed)."""
+    if isinstance(exc, (AttributeError, TypeError, NotImplementedError)):
+        return True  # an older library without the function or that signature
+    return error_code(exc) in UNSUPPORTED_CODES
+
+
+def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_text = text
 
 
 class Nvml:
@@ -75,6 +101,13 @@ class Nvml:
         except Exception as exc:  # NVMLError_NotSupported and friends
             log.debug("NVML %s failed: %s", getattr(fn, "__name__", fn), exc)
             return default
+
+    def function(self, name: str) -> Callable[..., Any] | None:
+        """The library's function ``name``, or None (an older nvidia-ml-py lacks it)."""
+        return getattr(self._module, name, None) if self._module is not None else None
+
+    def constant(self, name: str, default: Any = None) -> Any:
+        return getattr(self._module, name, default) if self._module is not None else default
 
     @property
     def module(self) -> Any:

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from controlplane.cluster import services
+from monitoring import agent as telemetry
 from workers import host
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,17 @@ def on_worker_ready(sender=None, **kwargs) -> None:
     )
     _heartbeat = Heartbeat(node)
     _heartbeat.start()
+    try:
+        telemetry.start(worker.pk, worker.name)
+    except Exception:  # telemetry must never keep a worker from working
+        log.exception("could not start the telemetry agent")
 
 
 def _go_offline() -> None:
     """Stop heartbeating and show this host offline (idempotent)."""
     if _heartbeat is not None:
         _heartbeat.stopping.set()
+    telemetry.stop()
     try:
         close_old_connections()
         services.mark_stopped(settings.HOSTNAME, pid=os.getpid())

@@ -1,0 +1,62 @@
+"""Who holds this host's GPUs and processes: the running nodes of job attempts (their
+reserved GPU indices and the pids the launcher recorded), read from the database.
+
+Other apps that put processes on GPUs (serving replicas) add a provider with
+``register()`` returning ``Holding`` objects of their own ``kind``; the agent then
+streams to ``telemetry.<kind>.<id>`` for them without further changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from jobs.models import AttemptNode, NodeState
+from monitoring.frames import Holding
+
+Provider = Callable[[int], list[Holding]]
+_providers: list[Provider] = []
+
+
+def register(provider: Provider) -> None:
+    if provider not in _providers:
+        _providers.append(provider)
+
+
+def job_holdings(worker_id: int) -> list[Holding]:
+    """The running job nodes on worker ``worker_id``: their GPUs, and as their processes
+    the pids the launcher recorded plus the node's guard process."""
+    rows = AttemptNode.objects.filter(worker_id=worker_id, state=NodeState.RUNNING).values_list(
+        "gpu_indices",
+        "pid",
+        "pids",
+        "attempt__number",
+        "attempt__job_id",
+        "attempt__job__name",
+        "attempt__job__project_id",
+        "attempt__job__project__name",
+    )
+    holdings: dict[int, Holding] = {}
+    for gpus, guard, pids, attempt, job_id, name, project_id, project in rows:
+        holding = holdings.setdefault(
+            job_id,
+            Holding(
+                kind="job",
+                id=job_id,
+                name=name,
+                project_id=project_id,
+                project=project,
+                attempt=attempt,
+            ),
+        )
+        holding.gpus.extend(int(i) for i in gpus or [])
+        holding.pids.update(int(p) for p in pids or [])
+        if guard:
+            holding.pids.add(int(guard))  # the job's guard process is the job's too
+    return list(holdings.values())
+
+
+def holdings(worker_id: int) -> list[Holding]:
+    found = job_holdings(worker_id)
+    for provider in _providers:
+        found.extend(provider(worker_id))
+    return found

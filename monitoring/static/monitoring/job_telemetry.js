@@ -1,0 +1,79 @@
+// The job page's GPU section: its GPUs' utilization and power, live, over
+// /ws/telemetry/jobs/<id>/, and the energy it has used (joules and kWh, per host summed;
+// kept after the job ends). Charts grow with Plotly.extendTraces in a bounded window.
+(function () {
+  "use strict";
+  const root = document.getElementById("job-telemetry");
+  if (!root) return;
+  const jobId = JSON.parse(document.getElementById("job-id").textContent);
+  const WINDOW = 900;
+  const utilDiv = document.getElementById("job-gpu-util"), powerDiv = document.getElementById("job-gpu-power");
+  const traces = {};  // "host:index" -> trace index (same in both charts)
+  const energy = {};  // host name -> joules
+  let plotted = false;
+
+  function showEnergy() {
+    const joules = Object.values(energy).reduce((a, b) => a + b, 0);
+    document.getElementById("job-energy").textContent =
+      joules.toFixed(1) + " J (" + (joules / 3.6e6).toFixed(6) + " kWh)";
+  }
+  function ensurePlots() {
+    if (plotted) return;
+    plotted = true;
+    document.getElementById("job-gpu-none")?.remove();
+    Plotly.newPlot(utilDiv, [], CPT.layout("GPU utilization (%)", {yaxis: {range: [0, 100]}}), CPT.config);
+    Plotly.newPlot(powerDiv, [], CPT.layout("Power (W)"), CPT.config);
+  }
+  function traceFor(key) {
+    if (!(key in traces)) {
+      ensurePlots();
+      for (const div of [utilDiv, powerDiv]) Plotly.addTraces(div, {x: [], y: [], name: key, mode: "lines"});
+      traces[key] = utilDiv.data.length - 1;
+    }
+    return traces[key];
+  }
+  function table(sample) {
+    for (const g of sample.gpus) {
+      const id = "job-gpu-" + sample.host.id + "-" + g.index;
+      let row = document.getElementById(id);
+      if (!row) {
+        row = document.createElement("tr"); row.id = id;
+        document.querySelector("#job-gpus tbody").append(row);
+        document.getElementById("job-gpus-empty")?.remove();
+      }
+      const mem = g.processes.reduce((a, p) => a + (p.mem || 0), 0);
+      row.innerHTML = "<td>" + sample.host.name + ":" + g.index + "</td><td>" + CPT.fmt(g.util_gpu, 0, "%") +
+        "</td><td>" + CPT.bytes(mem) + " of " + CPT.bytes(g.mem_total) + "</td><td>" + CPT.fmt(g.power_w, 0, " W") +
+        "</td><td>" + CPT.fmt(g.temp_gpu, 0, " °C") + "</td><td>" + g.processes.length + "</td>";
+    }
+  }
+  function add(sample) {
+    if (sample.usage && sample.usage.energy_j != null) { energy[sample.host.name] = sample.usage.energy_j; showEnergy(); }
+    table(sample);
+    const idx = [], xs = [], util = [], power = [];
+    for (const g of sample.gpus) {
+      idx.push(traceFor(sample.host.name + ":" + g.index));
+      xs.push([new Date(sample.t * 1000)]); util.push([g.util_gpu]); power.push([g.power_w]);
+    }
+    if (!idx.length) return;
+    Plotly.extendTraces(utilDiv, {x: xs, y: util}, idx, WINDOW);
+    Plotly.extendTraces(powerDiv, {x: xs, y: power}, idx, WINDOW);
+  }
+  let lastT = {};
+  function onMessage(msg) {
+    if (msg.type === "snapshot") {
+      for (const h of msg.usage.hosts) energy[h.worker] = h.joules;
+      showEnergy();
+      for (const s of msg.samples) { if (!(lastT[s.host.id] >= s.t)) { lastT[s.host.id] = s.t; add(s); } }
+    } else if (msg.type === "holder_sample") {
+      if (lastT[msg.host.id] >= msg.t) return;
+      lastT[msg.host.id] = msg.t;
+      add(msg);
+    }
+  }
+  function start() {
+    if (!window.Plotly || !window.CPT) { setTimeout(start, 50); return; }
+    CPT.connect("/ws/telemetry/jobs/" + jobId + "/", onMessage, document.getElementById("tm-conn"));
+  }
+  start();
+})();
