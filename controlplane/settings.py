@@ -173,17 +173,23 @@ REDIS_URL = env_url(
 )
 BROKER_URL = env_url("CP_BROKER_URL", REDIS_URL, ("redis", "rediss", "unix", "amqp", "amqps"))
 
+CACHE_PREFIX = env_str("CP_CACHE_PREFIX", "cp")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "cp:ch", "capacity": 1000, "expiry": 30},
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": f"{CACHE_PREFIX}:ch",  # two control planes may share one Redis
+            "capacity": 1000,
+            "expiry": 30,
+        },
     }
 }
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": env_str("CP_CACHE_PREFIX", "cp"),
+        "KEY_PREFIX": CACHE_PREFIX,
         "TIMEOUT": 300,
     }
 }
@@ -391,7 +397,7 @@ METRICS_LOOPBACK_OPEN = env_bool("CP_METRICS_LOOPBACK_OPEN", True)
 # browsers watch; each web process hands it to its own sockets (bounded buffers there).
 CHANNEL_LAYERS["telemetry"] = {
     "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-    "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{CACHES['default']['KEY_PREFIX']}:tm"},
+    "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{CACHE_PREFIX}:tm"},
 }
 CELERY_BEAT_SCHEDULE["telemetry-history"] = {
     "task": "monitoring.maintain_history",

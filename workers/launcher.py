@@ -40,6 +40,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYTHONS = {"python", "python3"}
 LOG_FLUSH_SECONDS = 0.1
 LOG_CHUNK_BYTES = 32 * 1024
+PIDS_INTERVAL = 1.0  # how often the job's process list is refreshed (for telemetry)
 PASS_THROUGH = ("LD_LIBRARY_PATH", "CUDA_HOME", "TZ", "HF_HOME", "HF_HUB_OFFLINE")
 PASS_THROUGH_PREFIXES = ("NCCL_",)
 
@@ -279,6 +280,7 @@ class NodeRun:
         size = 0
         last_flush = 0.0  # the first line after a quiet spell goes out at once
         renew_at = time.monotonic() + settings.JOB_LEASE_RENEW_INTERVAL
+        pids_at = time.monotonic() + PIDS_INTERVAL
         kill_at: float | None = None
         output_done = False
         while True:
@@ -302,6 +304,9 @@ class NodeRun:
                 self._flush_logs(buffer)
                 buffer, size, last_flush = [], 0, now
             self._handle_events(tail.read())
+            if now >= pids_at:  # soon after start too, so telemetry attributes at once
+                pids_at = now + PIDS_INTERVAL
+                self._record_pids()
             if now >= renew_at:
                 renew_at = now + settings.JOB_LEASE_RENEW_INTERVAL
                 close_old_connections()
@@ -310,7 +315,6 @@ class NodeRun:
                 except Exception:  # the database is away: keep going until the lease runs out
                     log.warning("lease renewal failed", exc_info=True)
                     lease = None
-                self._record_pids()
                 if lease is not None and not lease.held:
                     log.warning("node %s of attempt %s was fenced", plan.rank, plan.attempt_id)
                     self._hard_stop()

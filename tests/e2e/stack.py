@@ -8,12 +8,12 @@ its PYTHONPATH, so its worker reports the GPUs ``fake_gpus`` asks for.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +27,14 @@ from tests.plugin import ORIGINAL_ENV, free_port
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_NVML_DIR = ROOT / "tests" / "fake_nvml"
 ADMIN_PASSWORD = "e2e-admin-password"
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies (Linux), so no stack outlives it."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class PostgresDatabase:
@@ -81,7 +89,8 @@ class Stack:
         self.env = env
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.proc: subprocess.Popen | None = None
-        self.output: list[str] = []
+        self.runs = 0
+        self.log_path = self.var_dir / "stack-0.log"
         self.workers: dict[str, subprocess.Popen] = {}
 
     @property
@@ -93,26 +102,29 @@ class Stack:
         return self.env.get("CP_BROKER_URL") or self.redis_url
 
     def start(self) -> Stack:
-        self.output = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane.stack"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # its own process group, like a terminal's foreground job
-        )
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.runs += 1
+        # Output goes to a file, not a pipe: if the test process dies, the stack never
+        # blocks on a full pipe, and it gets SIGTERM (parent-death signal) and stops.
+        self.log_path = self.var_dir / f"stack-{self.runs}.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controlplane.stack"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, like a terminal's job
+                preexec_fn=_die_with_parent,
+            )
         return self
 
-    def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
-
     def log(self) -> str:
-        return "".join(self.output[-200:])
+        """What the current run of the stack printed (its last 200 lines)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "".join(text.splitlines(keepends=True)[-200:])
 
     def wait_for_output(self, text: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
