@@ -38,6 +38,7 @@ def main() -> None:
     dist.all_gather(gathered, weights)
     same = all(torch.equal(g, gathered[0]) for g in gathered)
     print(f"rank {rank} done: final loss {loss.item():.4f}, ranks agree: {same}", flush=True)
+    dist.barrier()  # leave together: tearing gloo down while a peer still talks aborts
     dist.destroy_process_group()
 
 
