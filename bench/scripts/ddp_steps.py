@@ -34,6 +34,7 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     if rank == 0:
         print(f"steps/s {STEPS / elapsed:.2f} world {world}", flush=True)
+    dist.barrier()
     dist.destroy_process_group()
 
 

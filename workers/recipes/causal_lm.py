@@ -401,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = run(cfg, ctx)
+        ctx.barrier()  # leave together: tearing gloo down while a peer still talks aborts
     except (DataError, RecipeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
