@@ -1,6 +1,7 @@
-"""A checkpointing "trainer": one step every STEP_SECONDS; a checkpoint (safetensors, written
-atomically) after every step; resumes from CP_RESUME_FROM; on SIGTERM it checkpoints and
-exits 0. Under torchrun with several ranks, the ranks agree each step on whether to stop.
+"""A checkpointing "trainer" written against the job SDK: one step every STEP_SECONDS; a
+checkpoint (sdk.save_checkpoint: safetensors, atomic) after every step; resumes from
+sdk.latest_checkpoint(); on SIGTERM it checkpoints and exits 0. Under torchrun with
+several ranks, the ranks agree each step on whether to stop.
 """
 
 import os
@@ -8,7 +9,7 @@ import sys
 import time
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from workers import sdk
 
@@ -25,32 +26,23 @@ def main() -> int:
         dist.init_process_group("gloo")
     rank = int(os.environ.get("RANK", "0"))
     start = 1
-    resume = sdk.resume_from()
+    resume = sdk.latest_checkpoint()
     if resume is not None:
-        state = load_file(str(resume / "state.safetensors"))
+        state = load_file(str(resume / "model.safetensors"))
         start = int(state["step"].item()) + 1
         print(f"resumed from {resume.name}: continuing at step {start}", flush=True)
     else:
         print("starting from scratch", flush=True)
     if rank == 0:
         sdk.report_metrics(start, {"first_step": float(start)})
-    root = sdk.checkpoint_dir()
     for step in range(start, STEPS + 1):
         time.sleep(STEP_SECONDS)
         stop = torch.tensor([1.0 if sdk.stop_requested() else 0.0])
         if distributed:
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
         if rank == 0:
-            final = root / f"step-{step}"
-            tmp = root / f".tmp-step-{step}"
-            tmp.mkdir(parents=True, exist_ok=True)
-            save_file({"step": torch.tensor([step])}, str(tmp / "state.safetensors"))
-            os.replace(tmp, final)
-            sdk.report_checkpoint(final, step)
-            sdk.report_metrics(
-                step,
-                {"loss": 1.0 / step},
-            )
+            sdk.save_checkpoint({"step": torch.tensor([step])}, step)
+            sdk.report(step, total=STEPS, loss=1.0 / step)
         print(f"step {step}", flush=True)
         if stop.item():
             print(f"stop requested: checkpointed step {step}, exiting", flush=True)
