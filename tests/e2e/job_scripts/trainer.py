@@ -19,6 +19,19 @@ STEP_SECONDS = float(os.environ.get("STEP_SECONDS", "0.3"))
 
 def main() -> int:
     sdk.install_signal_handlers()
+    try:
+        return train()
+    finally:
+        # Leave together and tear gloo down: a process that exits with gloo's threads
+        # still running can abort ("terminate called without an active exception").
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def train() -> int:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         import torch.distributed as dist
