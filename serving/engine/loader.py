@@ -216,6 +216,8 @@ def _load_engine(config: EngineConfig) -> tuple[Engine, LoadReport]:
         rss_bytes=_rss_bytes(),
         lean_fallback_reason=reason if impl == "hf" else None,
     )
+    if impl == "lean" and config.quantization == "none" and device.type == "cpu":
+        report.extra["fp32_kernels"] = quant.fp32_kernels()
     return engine, report
 
 

@@ -176,6 +176,23 @@ def test_quantization_refusals():
             quant.validate("bf16", cpu)
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_fp32_linear_kernel_matches_f_linear(pack):
+    """Whichever fp32 kernel wins the timing, every row count gives F.linear's answer."""
+    weight = torch.randn(96, 40)
+    bias = torch.randn(96)
+    layer = quant.make_linear(weight, bias, "none", torch.device("cpu"), 16, pack)
+    assert set(quant.fp32_kernels().values()) <= {"plain", "onednn-fp32", "mkl-fp32"}
+    assert "96x40@16" in quant.fp32_kernels()
+    for rows in (1, 3, 12, 15, 16, 40):
+        x = torch.randn(rows, 40)
+        with torch.inference_mode():
+            got = layer(x)
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, weight, bias))
+    if not pack:  # no kernel that keeps a second copy of the weight
+        assert not isinstance(layer, quant.MklPackedLinear)
+
+
 def test_int8_stays_close_to_fp32(model_dir, tokenizer):
     """Dynamic int8 on held-out text: perplexity within 3% of fp32, top-1 agreement >= 85%.
 
