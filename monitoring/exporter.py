@@ -4,7 +4,8 @@ For every GPU of every live host: dcgm-exporter's default fields under its names
 and labels (``gpu``, ``UUID``, ``pci_bus_id``, ``device``, ``modelName``, ``Hostname``,
 ``DCGM_FI_DRIVER_VERSION``), so dashboards built for dcgm-exporter (grafana.com 12239)
 work unchanged, plus ``job`` and ``project`` on a GPU a job holds. A field the GPU does
-not support is left out, as dcgm-exporter does. Then our own ``cp_`` metrics: hosts,
+not support is left out, as dcgm-exporter does. MIG instances get their own
+framebuffer rows (``GPU_I_ID``, ``GPU_I_PROFILE``). Then our own ``cp_`` metrics: hosts,
 the agents' own cost, jobs by state, queue depth, and per-job GPU usage and energy.
 
 Written by hand rather than through prometheus_client's registry because dcgm-exporter's
@@ -13,6 +14,7 @@ counters carry no ``_total`` suffix, which that library would add.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -135,6 +137,36 @@ def _gpu_labels(frame: dict, gpu: dict, driver: str) -> dict[str, Any]:
     return labels
 
 
+# dcgm-exporter reports framebuffer memory per MIG instance too, with the parent GPU's
+# labels plus GPU_I_ID and GPU_I_PROFILE.
+MIG_MEMORY: dict[str, Callable[[dict], Any]] = {
+    "DCGM_FI_DEV_FB_USED": lambda m: m.get("mem_used"),
+    "DCGM_FI_DEV_FB_FREE": lambda m: (
+        None
+        if m.get("mem_total") is None or m.get("mem_used") is None
+        else m["mem_total"] - m["mem_used"]
+    ),
+}
+_PROFILE = re.compile(r"\b\d+g\.\d+gb\b")
+
+
+def _mig_rows(
+    gpus: list[tuple[dict, dict, str]], read: Callable[[dict], Any]
+) -> list[tuple[dict, Any]]:
+    rows = []
+    for frame, gpu, driver in gpus:
+        for mig in gpu.get("mig") or []:
+            value = read(mig)
+            profile = _PROFILE.search(mig.get("name") or "")
+            labels = {
+                **_gpu_labels(frame, gpu, driver),
+                "GPU_I_ID": mig.get("gpu_instance", mig["index"]),
+                "GPU_I_PROFILE": profile.group(0) if profile else mig.get("name") or "",
+            }
+            rows.append((labels, None if value is None else value / MIB))
+    return rows
+
+
 def render() -> str:
     """The whole exposition, from the latest store and the database."""
     out = _Text()
@@ -146,12 +178,10 @@ def render() -> str:
     drivers = {pk: driver for pk, _, driver, _, _ in workers}
     gpus = [(f, g, drivers.get(f["host"]["id"], "")) for f in frames for g in f["gpus"]]
     for name, kind, help_text, read in DCGM:
-        out.family(
-            name,
-            kind,
-            help_text,
-            ((_gpu_labels(f, g, d), read(g)) for f, g, d in gpus if g.get("ok", True)),
-        )
+        rows = [(_gpu_labels(f, g, d), read(g)) for f, g, d in gpus if g.get("ok", True)]
+        if name in MIG_MEMORY:
+            rows += _mig_rows(gpus, MIG_MEMORY[name])
+        out.family(name, kind, help_text, rows)
     out.family(
         "cp_gpu_ok",
         "gauge",

@@ -9,7 +9,10 @@ are cancelled (`abort`) or fail; their slot is reused at the next step. A lone r
 waits up to `max_wait_ms` for company when the engine is idle.
 
 Outputs go to each request's sink once per step; sinks that belong to an asyncio loop
-are served with one `call_soon_threadsafe` per loop per step, not one per token. All
+are served with one `call_soon_threadsafe` per loop per step, not one per token.
+A streaming sequence gets its first token at once, then a delta every
+`stream_interval` tokens (vLLM's `--stream-interval`: fewer, larger chunks cost the
+server and its clients less per token when many streams run at once). All
 torch work happens on the engine thread (torch releases the GIL inside kernels).
 """
 
@@ -55,6 +58,7 @@ class SchedulerConfig:
     max_wait_ms: float = 0.0
     max_queue: int = 512
     max_num_batched_tokens: int = 256
+    stream_interval: int = 1
     threads: int | None = None
     seed: int = 0
 
@@ -336,13 +340,17 @@ class Engine:
         now = time.monotonic()
         out: list[tuple[OutputSink, RequestOutput]] = []
         limit = self.max_model_len
+        interval = self.config.stream_interval
         for i, s in enumerate(rows):
             if s.first_token_time is None:
                 s.first_token_time = now
             s.append(tokens[i], None if logprobs is None else logprobs[i], self.eos_ids)
             if not s.finished and len(s.prompt_ids) + len(s.output_ids) >= limit:
                 s.finish(FINISH_LENGTH)
-            if s.finished or s.wants_deltas:
+            if s.finished or (
+                s.wants_deltas and (len(s.pending_ids) >= interval or not s.emitted_any)
+            ):
+                s.emitted_any = True
                 out.append((s.sink, s.take_output()))
             if s.finished:
                 self.stats.finished += 1

@@ -47,6 +47,7 @@ class EngineConfig:
     max_queue: int = 512
     max_model_len: int | None = None
     max_num_batched_tokens: int = 256
+    stream_interval: int = 1
     impl: str = "auto"  # auto | lean | hf
     threads: int | None = None
     seed: int = 0
@@ -56,6 +57,7 @@ class EngineConfig:
             (self.max_batch_size >= 1, "--max-batch-size must be >= 1"),
             (self.max_wait_ms >= 0, "--max-wait-ms must be >= 0"),
             (self.max_queue >= 0, "--max-queue must be >= 0"),
+            (self.stream_interval >= 1, "--stream-interval must be >= 1"),
             (self.max_model_len is None or self.max_model_len >= 2, "--max-model-len >= 2"),
             (self.impl in ("auto", "lean", "hf"), "--engine must be auto, lean or hf"),
             (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
@@ -196,6 +198,7 @@ def _load_engine(config: EngineConfig) -> tuple[Engine, LoadReport]:
             max_wait_ms=config.max_wait_ms,
             max_queue=config.max_queue,
             max_num_batched_tokens=max(config.max_num_batched_tokens, config.max_batch_size),
+            stream_interval=config.stream_interval,
             threads=config.threads,
             seed=config.seed,
         ),

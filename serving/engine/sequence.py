@@ -101,6 +101,7 @@ class Sequence:
         "arrival",
         "detok",
         "emitted",
+        "emitted_any",
         "finish_reason",
         "finished",
         "first_token_time",
@@ -134,6 +135,7 @@ class Sequence:
         self.params = params
         self.sink = sink
         self.wants_deltas = bool(getattr(sink, "wants_deltas", True))
+        self.emitted_any = False
         self.detok = detok
         self.generator = generator
         self.arrival = time.monotonic()

@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tokens per step (decode tokens + prefill chunk)",
     )
     p.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="streamed tokens per chunk after the first (larger: less overhead per token)",
+    )
+    p.add_argument(
         "--api-key",
         default=os.environ.get("CP_SERVING_API_KEY"),
         help="require 'Authorization: Bearer KEY' on /v1 (env CP_SERVING_API_KEY)",
@@ -67,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
-    for name in ("max_batch_size", "max_queue", "max_num_batched_tokens"):
+    for name in ("max_batch_size", "max_queue", "max_num_batched_tokens", "stream_interval"):
         if getattr(args, name) < (0 if name == "max_queue" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive")
     if not 0 <= args.port <= 65535:
@@ -90,6 +96,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_queue=args.max_queue,
         max_model_len=args.max_model_len,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        stream_interval=args.stream_interval,
         impl=args.engine,
         threads=threads,
         seed=args.seed,

@@ -163,6 +163,26 @@ def test_metrics_carry_dcgm_names_and_labels_and_cp_metrics(fake_gpus, cast):
     assert queried and queried <= set(families) | {f"{n}_total" for n in families}
 
 
+def test_metrics_carry_a_row_per_mig_instance(fake_gpus, db):
+    nv = fake_gpus([{"mig": 2}, {}])
+    worker = host("mig-host")
+    agent = TelemetryAgent(worker.pk, worker.name, interval=0.1, gateway=nv, persist=False)
+    agent.tick()
+    agent.close()
+    families = metrics_of(Client(REMOTE_ADDR="127.0.0.1").get("/metrics").content.decode())
+    used = families["DCGM_FI_DEV_FB_USED"]
+    free = families["DCGM_FI_DEV_FB_FREE"]
+    mig_used = {s.labels["GPU_I_ID"]: s for s in used if "GPU_I_ID" in s.labels}
+    assert sorted(mig_used) == ["1", "2"]
+    assert all(s.labels["gpu"] == "0" and s.labels["GPU_I_PROFILE"] == "1g.10gb"
+               for s in mig_used.values())  # fmt: skip
+    whole = {s.labels["gpu"]: s.value for s in used if "GPU_I_ID" not in s.labels}
+    assert sorted(whole) == ["0", "1"]  # the parents keep their own rows
+    assert all(0 < s.value <= 80 * 1024 / 7 for s in mig_used.values())
+    mig_free = [s for s in free if "GPU_I_ID" in s.labels]
+    assert len(mig_free) == 2 and all(s.value >= 0 for s in mig_free)
+
+
 def test_metrics_from_another_host_need_the_scrape_token(db, settings):
     settings.METRICS_TOKEN = ""
     remote = Client(REMOTE_ADDR="10.1.2.3")

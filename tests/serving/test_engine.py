@@ -160,6 +160,35 @@ def test_streaming_out_of_the_engine(engine, tokenizer):
     assert sum(len(o.token_ids) for o in got) == 20
 
 
+def test_stream_interval_sends_the_first_token_then_every_nth(model_dir, tokenizer):
+    eng, _ = load_engine(
+        EngineConfig(model=str(model_dir), device="cpu", max_batch_size=4, stream_interval=4)
+    )
+    eng.start()
+    try:
+        streamed: list = []
+        done = threading.Event()
+
+        class Sink:
+            loop = None
+
+            def put(self, out):
+                streamed.append(out)
+                if out.finished:
+                    done.set()
+
+        ids = tokenizer("return").input_ids
+        params = SamplingParams(max_tokens=19, temperature=0.0, ignore_eos=True)
+        eng.submit(ids, params, Sink())
+        assert done.wait(20)
+        [whole] = eng.generate([ids], params)
+    finally:
+        eng.shutdown(timeout=10)
+    assert [len(o.token_ids) for o in streamed] == [1, 4, 4, 4, 4, 2]
+    assert "".join(o.text for o in streamed) == whole.text
+    assert [t for o in streamed for t in o.token_ids] == whole.token_ids
+
+
 def test_quantization_refusals():
     cpu = torch.device("cpu")
     with pytest.raises(QuantizationError, match="needs a GPU"):

@@ -165,6 +165,7 @@ def test_health_is_503_until_ready(spawn):
         (["--quantization", "int4", "--device", "cpu"], "int4 is GPU-only"),
         (["--device", "cuda:3"], "--device"),
         (["--max-model-len", "999999"], "max_position_embeddings"),
+        (["--stream-interval", "0"], "--stream-interval must be positive"),
     ],
 )
 def test_bad_flags_exit_with_a_message(model_dir, args, message):
