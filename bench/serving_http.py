@@ -5,7 +5,8 @@ Same model (the reference Llama), same machine, same client (httpx async, 256 re
 wait (50 ms) for every server:
 
 * engine: the engine in-process at full batch, the limit the replica is held to (>= 0.85);
-* replica: `python -m serving.replica` over HTTP, non-streaming and streaming (TTFT);
+* replica: `python -m serving.replica` over HTTP, non-streaming and streaming (TTFT),
+  streaming also with `--stream-interval 4` (`--stream-intervals`);
 * LitServe 0.2.19 (`max_batch_size`, `batch_timeout`) and Ray Serve 2.60
   (`@serve.batch`), each from its own venv under var/bench-venvs/, generating with
   transformers `generate` on the same directory.
@@ -77,7 +78,9 @@ def engine_limit(
     return median
 
 
-def start_replica(model_dir: Path, mode: str, batch: int, wait_ms: float, threads: int):
+def start_replica(
+    model_dir: Path, mode: str, batch: int, wait_ms: float, threads: int, stream_interval: int = 1
+):
     port = free_port()
     cmd = [
         sys.executable,
@@ -99,6 +102,8 @@ def start_replica(model_dir: Path, mode: str, batch: int, wait_ms: float, thread
         "256",
         "--threads",
         str(threads),
+        "--stream-interval",
+        str(stream_interval),
     ]
     return start_server(f"replica-{mode}-b{batch}", cmd, f"http://127.0.0.1:{port}", "/health")
 
@@ -165,6 +170,11 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--repeat", type=int, default=3, help="runs per server; the median is kept")
+    p.add_argument(
+        "--stream-intervals",
+        default="4",
+        help="also stream from a replica with each of these --stream-interval values",
+    )
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -172,6 +182,7 @@ def main() -> None:
     prompts = make_prompts(model_dir, args.requests)
     warm = make_prompts(model_dir, 16, seed=1)
     peers = [x for x in args.peers.split(",") if x]
+    intervals = [int(x) for x in args.stream_intervals.split(",") if x and int(x) > 1]
     rows = []
     print(f"load at start {machine_load()}; torch threads {args.threads}", flush=True)
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -190,6 +201,18 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
         finally:
             server.stop()
+        for interval in intervals:
+            server = start_replica(
+                model_dir, args.mode, batch, args.wait_ms, args.threads, interval
+            )
+            try:
+                res = measure(server, "openai", prompts, warm, True, args.quiet, args.repeat)
+                label = f"replica ({args.mode}, stream, interval {interval})"
+                rows.append({"server": label, "batch": batch, **res})
+                rows[-1]["x_engine"] = round(res["tok_s"] / limit["tok_s"], 3)
+                print(json.dumps(rows[-1]), flush=True)
+            finally:
+                server.stop()
         for peer in peers:
             try:
                 server = start_peer(peer, model_dir, batch, args.wait_ms, args.threads)
