@@ -191,26 +191,20 @@ def main() -> None:
         )
         rows.append({"server": f"engine in-process ({args.mode})", "batch": batch, **limit})
         print(json.dumps(rows[-1]), flush=True)
-        server = start_replica(model_dir, args.mode, batch, args.wait_ms, args.threads)
-        try:
-            for stream in (False, True):
-                res = measure(server, "openai", prompts, warm, stream, args.quiet, args.repeat)
-                label = f"replica ({args.mode}{', stream' if stream else ''})"
-                rows.append({"server": label, "batch": batch, **res})
-                rows[-1]["x_engine"] = round(res["tok_s"] / limit["tok_s"], 3)
-                print(json.dumps(rows[-1]), flush=True)
-        finally:
-            server.stop()
-        for interval in intervals:
+        # (stream interval, which of non-streaming / streaming to measure) per replica
+        replicas = [(1, (False, True))] + [(i, (True,)) for i in intervals]
+        for interval, streams in replicas:
             server = start_replica(
                 model_dir, args.mode, batch, args.wait_ms, args.threads, interval
             )
             try:
-                res = measure(server, "openai", prompts, warm, True, args.quiet, args.repeat)
-                label = f"replica ({args.mode}, stream, interval {interval})"
-                rows.append({"server": label, "batch": batch, **res})
-                rows[-1]["x_engine"] = round(res["tok_s"] / limit["tok_s"], 3)
-                print(json.dumps(rows[-1]), flush=True)
+                for stream in streams:
+                    res = measure(server, "openai", prompts, warm, stream, args.quiet, args.repeat)
+                    label = f"replica ({args.mode}{', stream' if stream else ''}"
+                    label += f", interval {interval})" if interval > 1 else ")"
+                    rows.append({"server": label, "batch": batch, **res})
+                    rows[-1]["x_engine"] = round(res["tok_s"] / limit["tok_s"], 3)
+                    print(json.dumps(rows[-1]), flush=True)
             finally:
                 server.stop()
         for peer in peers:
