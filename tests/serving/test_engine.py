@@ -189,6 +189,18 @@ def test_stream_interval_sends_the_first_token_then_every_nth(model_dir, tokeniz
     assert [t for o in streamed for t in o.token_ids] == whole.token_ids
 
 
+def test_pinned_torchao_quantizes_with_the_pinned_torch():
+    """The GPU int8 path's torchao (requirements.txt) works with our torch: checked on CPU,
+    where its int8 weight-only Linear also runs."""
+    lin = torch.nn.Linear(128, 64).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(4, 128, dtype=torch.bfloat16)
+    ref = lin(x).float()
+    quant.quantize_module_torchao(lin, "int8")
+    assert type(lin.weight).__name__ != "Parameter"  # replaced by torchao's int8 tensor
+    got = lin(x).float()
+    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
 def test_quantization_refusals():
     cpu = torch.device("cpu")
     with pytest.raises(QuantizationError, match="needs a GPU"):
