@@ -98,6 +98,15 @@ def test_fsdp_two_processes_matches_one_process_and_reloads(
         assert torch.allclose(tensor, one_final[name], atol=1e-4), name
 
 
+def thirty_steps(cache_dir: Path, out: Path) -> list[str]:
+    """The recipe's argv for the 30-step run (eval and checkpoint every 10, keep 2)."""
+    return [
+        *SMALL,
+        *("--max-steps", "30", "--eval-every", "10", "--checkpoint-every", "10"),
+        *("--keep-checkpoints", "2", "--cache-dir", str(cache_dir), "--output-dir", str(out)),
+    ]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Path]:
     """An uninterrupted 30-step run under a simulated control plane (events, CP dirs)."""
@@ -105,21 +114,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict
     ev, ckpts = root / "events.jsonl", root / "cp-checkpoints"
     check(
         run_recipe(
-            [
-                *SMALL,
-                "--max-steps",
-                "30",
-                "--eval-every",
-                "10",
-                "--checkpoint-every",
-                "10",
-                "--keep-checkpoints",
-                "2",
-                "--cache-dir",
-                str(cache_dir),
-                "--output-dir",
-                str(root / "out"),
-            ],
+            thirty_steps(cache_dir, root / "out"),
             CP_ATTEMPT_ID="1",
             CP_EVENTS_FILE=str(ev),
             CP_CHECKPOINT_DIR=str(ckpts),
@@ -159,21 +154,7 @@ def test_exact_resume(reference: dict[str, Path], tmp_path: Path, cache_dir: Pat
     ev = tmp_path / "events.jsonl"
     check(
         run_recipe(
-            [
-                *SMALL,
-                "--max-steps",
-                "30",
-                "--eval-every",
-                "10",
-                "--checkpoint-every",
-                "10",
-                "--keep-checkpoints",
-                "2",
-                "--cache-dir",
-                str(cache_dir),
-                "--output-dir",
-                str(tmp_path / "out"),
-            ],
+            thirty_steps(cache_dir, tmp_path / "out"),
             CP_ATTEMPT_ID="2",
             CP_EVENTS_FILE=str(ev),
             CP_CHECKPOINT_DIR=str(tmp_path / "ckpts"),
