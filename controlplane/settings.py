@@ -33,7 +33,29 @@ CP_ENV = env_choice("CP_ENV", "development", ("development", "production"))
 PRODUCTION = CP_ENV == "production"
 
 VAR_DIR = Path(env_str("CP_VAR_DIR", str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# The database, the secret key and Redis's password live here: the control plane's user only.
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+try:
+    VAR_DIR.chmod(0o700)
+except PermissionError:  # another user's directory: leave it as its owner set it
+    pass
+
+
+def _generated_secret(name: str, length: int = 64) -> str:
+    """A random secret kept in ``var/<name>`` (mode 0600), made once; of processes starting
+    together, one value wins and every process reads that one."""
+    path = VAR_DIR / name
+    if not path.exists():
+        tmp = VAR_DIR / f".{name}.{secrets.token_hex(8)}"
+        tmp.touch(mode=0o600)
+        tmp.write_text(secrets.token_urlsafe(length))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
 
 
 def _secret_key() -> str:
@@ -44,20 +66,7 @@ def _secret_key() -> str:
                 "CP_SECRET_KEY must be at least 50 characters with at least 5 distinct ones."
             )
         return given
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        # Write aside, then hard-link into place: of processes starting together, one
-        # key wins and every process reads that one.
-        tmp = VAR_DIR / f".secret_key.{secrets.token_hex(8)}"
-        tmp.touch(mode=0o600)
-        tmp.write_text(secrets.token_urlsafe(64))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    return path.read_text().strip()
+    return _generated_secret("secret_key")
 
 
 SECRET_KEY = _secret_key()
@@ -168,8 +177,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- redis, channels, cache, celery --------------------------------------------------------
 EMBEDDED_REDIS_PORT = env_int("CP_EMBEDDED_REDIS_PORT", 6390, minimum=1, maximum=65535)
 EMBEDDED_REDIS = env_str("REDIS_URL") == ""
+# The embedded Redis requires a generated password (var/redis_password, mode 0600).
+EMBEDDED_REDIS_PASSWORD = _generated_secret("redis_password", 32) if EMBEDDED_REDIS else ""
 REDIS_URL = env_url(
-    "REDIS_URL", f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0", ("redis", "rediss", "unix")
+    "REDIS_URL",
+    f"redis://:{EMBEDDED_REDIS_PASSWORD}@127.0.0.1:{EMBEDDED_REDIS_PORT}/0",
+    ("redis", "rediss", "unix"),
 )
 BROKER_URL = env_url("CP_BROKER_URL", REDIS_URL, ("redis", "rediss", "unix", "amqp", "amqps"))
 
@@ -206,6 +219,21 @@ WORKER_NET_IFNAME = env_str("CP_WORKER_NET_IFNAME")
 WORKER_CONTROL_QUEUE = env_bool("CP_WORKER_CONTROL_QUEUE", True)
 WORKER_HEARTBEAT_INTERVAL = env_float("CP_WORKER_HEARTBEAT_INTERVAL", 5.0, minimum=0.2)
 WORKER_OFFLINE_AFTER = env_float("CP_WORKER_OFFLINE_AFTER", 30.0, minimum=1.0)
+
+# --- the workload runtime (workers/runtime/) -----------------------------------------------
+# bwrap: every workload in a bubblewrap sandbox (the default; a worker without bubblewrap
+# refuses work). off: run workloads as the worker's user, unsandboxed (trusted installs only).
+SANDBOX = env_choice("CP_SANDBOX", "bwrap", ("bwrap", "off"))
+# Where the worker runs as root, each project's workloads run as uid/gid BASE + project id
+# (modulo COUNT): never the worker's user, and not another project's.
+SANDBOX_UID_BASE = env_int("CP_SANDBOX_UID_BASE", 200000, minimum=1000, maximum=2**31 - 70000)
+SANDBOX_UID_COUNT = env_int("CP_SANDBOX_UID_COUNT", 65536, minimum=1, maximum=65536)
+SANDBOX_HIDE = [Path(p).resolve() for p in env_list("CP_SANDBOX_HIDE", [])]
+# Environments built with uv, cached per host.
+ENV_CACHE_DIR = Path(env_str("CP_ENV_CACHE_DIR", str(VAR_DIR / "envs"))).resolve()
+ENV_CACHE_MAX_BYTES = env_int("CP_ENV_CACHE_MAX_BYTES", 20 * 1024**3, minimum=1024**2)
+ENV_BUILD_TIMEOUT = env_float("CP_ENV_BUILD_TIMEOUT", 1800.0, minimum=10.0)
+CONTAINER_RUNTIME = env_choice("CP_CONTAINER_RUNTIME", "auto", ("auto", "podman", "docker", "none"))
 CONTROL_QUEUE = "control"
 
 CELERY_BROKER_URL = BROKER_URL
@@ -363,6 +391,7 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- jobs ----------------------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("CP_STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
+STORAGE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 JOB_CODE_DIRS = [Path(p).resolve() for p in env_list("CP_JOB_CODE_DIRS", [])]
 JOB_BUILTIN_MODULES = env_list("CP_JOB_BUILTIN_MODULES", ["workers.recipes."])
 JOB_CODE_MAX_BYTES = env_int("CP_JOB_CODE_MAX_BYTES", 50 * 1024 * 1024, minimum=1024)

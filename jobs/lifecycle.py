@@ -37,6 +37,7 @@ _FINAL_STATE = {
     StopReason.PEER_FAILED: AttemptState.FAILED,
     StopReason.LOST: AttemptState.LOST,
     StopReason.NOT_STARTED: AttemptState.LOST,
+    StopReason.ENVIRONMENT: AttemptState.FAILED,
 }
 
 
@@ -57,6 +58,7 @@ class NodePlan:
     claim: str
     token: str
     job_id: int
+    project_id: int
     attempt_id: int
     attempt: int
     rank: int
@@ -70,6 +72,7 @@ class NodePlan:
     resume_from: str
     checkpoint_dir: str
     work_dir: str
+    environment: dict  # the spec's environment section ({} for the worker's own)
 
 
 def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
@@ -116,6 +119,7 @@ def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
         claim=claim,
         token=token,
         job_id=job.pk,
+        project_id=job.project_id,
         attempt_id=attempt.pk,
         attempt=attempt.number,
         rank=rank,
@@ -129,6 +133,7 @@ def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
         resume_from=attempt.resume_from,
         checkpoint_dir=str(storage.checkpoint_root(job.pk)),
         work_dir=str(storage.work_dir(job.pk, attempt.number, rank)),
+        environment=dict((job.spec or {}).get("environment") or {}),
     )
 
 
@@ -147,6 +152,13 @@ def master_of(attempt_id: int) -> tuple[str, int] | None:
     if row is None or row[2] not in ATTEMPT_LIVE or not row[1]:
         return None
     return row[0], row[1]
+
+
+def record_environment(node_id: int, claim: str, environment: dict) -> None:
+    """What the node runs in (rank 0's is the attempt's): venv key and packages, or image."""
+    node = AttemptNode.objects.filter(pk=node_id, claim=claim).values("attempt_id", "rank").first()
+    if node is not None and node["rank"] == 0:
+        Attempt.objects.filter(pk=node["attempt_id"]).update(environment=environment)
 
 
 def set_pid(node_id: int, claim: str, pid: int) -> None:
@@ -184,8 +196,11 @@ def request_stop(node_id: int, claim: str, reason: str) -> None:
     ).update(stop_requested=reason)
 
 
-def finish_node(node_id: int, claim: str, exit_code: int | None, detail: str = "") -> None:
-    """The node's processes exited with ``exit_code``."""
+def finish_node(
+    node_id: int, claim: str, exit_code: int | None, detail: str = "", stop_reason: str = ""
+) -> None:
+    """The node's processes exited with ``exit_code`` (``stop_reason``: why the node itself
+    gave up, e.g. its environment could not be built)."""
     now = timezone.now()
     with transaction.atomic():
         done = AttemptNode.objects.filter(pk=node_id, claim=claim, state=NodeState.RUNNING).update(
@@ -199,7 +214,7 @@ def finish_node(node_id: int, claim: str, exit_code: int | None, detail: str = "
         if attempt.state not in ATTEMPT_LIVE:
             return
         if exit_code != 0 and not attempt.stop_requested:
-            attempt.stop_requested = StopReason.PEER_FAILED
+            attempt.stop_requested = stop_reason or StopReason.PEER_FAILED
             attempt.exit_code = exit_code
             attempt.reason = (
                 detail or f"node {node.rank} on {node.worker_name} exited with code {exit_code}"
@@ -269,6 +284,14 @@ def _finalize(attempt: Attempt, state: str, now) -> None:
             JobState.PENDING,
             reason=f"Attempt {attempt.number} was never started ({attempt.reason}); "
             "placing it again."[:300],
+        )
+    elif stop == StopReason.ENVIRONMENT:
+        # Deterministic (the same requirements fail the same way): no restart loop.
+        fields = job.move_to(
+            JobState.FAILED,
+            finished_at=now,
+            exit_code=attempt.exit_code,
+            reason=f"Its environment could not be built: {attempt.reason}"[:300],
         )
     elif stop == StopReason.RUNTIME:
         fields = job.move_to(

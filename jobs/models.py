@@ -45,6 +45,9 @@ class Job(models.Model):
     max_restarts = models.PositiveIntegerField(default=3)
     max_runtime = models.PositiveIntegerField(null=True, blank=True, help_text="seconds")
     checkpoint_keep = models.PositiveIntegerField(default=3)
+    image = models.CharField(
+        max_length=255, blank=True, help_text="Container image (spec environment.image), if any."
+    )
 
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
     reason = models.CharField(max_length=300, blank=True, help_text="Why it waits or failed.")
@@ -104,6 +107,11 @@ class Attempt(models.Model):
     master_addr = models.CharField(max_length=255, blank=True)
     master_port = models.PositiveIntegerField(null=True, blank=True)
     resume_from = models.CharField(max_length=500, blank=True)
+    environment = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What its processes ran in: venv key and packages, or image; the sandbox.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

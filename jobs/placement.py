@@ -18,6 +18,7 @@ class Host:
     address: str
     gpus: list[int]
     slots: int
+    containers: bool = False  # it has a container runtime (for image jobs)
     free_gpus: list[int] = field(default_factory=list)
     free_slots: list[int] = field(default_factory=list)
     # devices held by attempts that are already stopping: free soon
@@ -47,13 +48,16 @@ class Running:
 
 def load_hosts(now) -> dict[int, Host]:
     hosts: dict[int, Host] = {}
-    for worker in Worker.objects.online(now).values("id", "name", "address", "cpu_slots"):
+    # A host that cannot sandbox workloads (bubblewrap missing) runs none.
+    workers = Worker.objects.online(now).exclude(sandbox__startswith="unavailable")
+    for worker in workers.values("id", "name", "address", "cpu_slots", "container_runtime"):
         hosts[worker["id"]] = Host(
             id=worker["id"],
             name=worker["name"],
             address=worker["address"],
             gpus=[],
             slots=worker["cpu_slots"],
+            containers=bool(worker["container_runtime"]),
         )
     for worker_id, index in Gpu.objects.filter(worker_id__in=hosts).values_list(
         "worker_id", "index"
@@ -113,7 +117,11 @@ def fit(job: Pending, hosts: list[Host], extra: dict[int, int] | None = None) ->
     gpu_job = job.gpus_per_node > 0
     need = job.gpus_per_node if gpu_job else job.procs_per_node
     extra = extra or {}
-    fits = [h for h in hosts if h.free(gpu_job) + extra.get(h.id, 0) >= need]
+    fits = [
+        h
+        for h in hosts
+        if h.free(gpu_job) + extra.get(h.id, 0) >= need and (h.containers or not job.image)
+    ]
     if len(fits) < job.nodes:
         return None
     fits.sort(key=lambda h: (h.free(gpu_job) + extra.get(h.id, 0) - need, h.name))
@@ -163,6 +171,7 @@ class Pending:
     gpus_per_node: int
     procs_per_node: int
     reason: str
+    image: str = ""
 
     @property
     def gpus(self) -> int:

@@ -205,7 +205,14 @@ def schedule(now=None) -> Decision:
             for row in Job.objects.filter(state=JobState.PENDING)
             .order_by("id")
             .values_list(
-                "id", "project_id", "priority", "nodes", "gpus_per_node", "procs_per_node", "reason"
+                "id",
+                "project_id",
+                "priority",
+                "nodes",
+                "gpus_per_node",
+                "procs_per_node",
+                "reason",
+                "image",
             )
         ]
         if not pending:
@@ -223,7 +230,7 @@ def schedule(now=None) -> Decision:
         reserved_hosts: set[int] = set()
         usable = list(hosts.values())
         head: Pending | None = None
-        failed_shapes: set[tuple[bool, int, int]] = set()
+        failed_shapes: set[tuple] = set()
         reasons: dict[int, str] = {}
         placements: list[Placement] = []
 
@@ -243,7 +250,7 @@ def schedule(now=None) -> Decision:
                 wait(job, quota)
                 continue
             gpu_job = job.gpus_per_node > 0
-            shape = (gpu_job, job.gpus_per_node or job.procs_per_node, job.nodes)
+            shape = (gpu_job, job.gpus_per_node or job.procs_per_node, job.nodes, bool(job.image))
             if shape not in failed_shapes:
                 chosen = fit(job, usable)
                 if chosen is not None:

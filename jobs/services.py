@@ -145,6 +145,31 @@ def _unpack_upload(upload: IO[bytes], size: int) -> Path:
         raise _invalid("code", str(exc)) from None
 
 
+def check_environment(environment: dict, code_dir) -> None:
+    """A requirements file must be in the upload; an image needs a host that runs images."""
+    requirements = environment.get("requirements")
+    if requirements:
+        if code_dir is None:
+            raise _invalid(
+                "environment",
+                f"requirements: {requirements} must be a file of the uploaded code; "
+                "upload the directory that holds it (cpctl submit --dir).",
+            )
+        path = (Path(code_dir) / requirements).resolve()
+        if not path.is_relative_to(Path(code_dir).resolve()) or not path.is_file():
+            raise _invalid(
+                "environment", f"requirements: {requirements} is not a file of the uploaded code."
+            )
+    if environment.get("image"):
+        if not Worker.objects.online().exclude(container_runtime="").exists():
+            raise _invalid(
+                "environment",
+                f"image: {environment['image']} needs a worker host with a container runtime "
+                "(podman or docker), and no online host has one. Use environment: {pip: [...]} "
+                "instead, or install podman on a GPU host.",
+            )
+
+
 def submit_job(actor: Actor, data: Any, code: IO[bytes] | None = None, code_size: int = 0) -> Job:
     """Validate and queue a job. Raises ValidationError (field errors) or Forbidden."""
     if not isinstance(data, dict):
@@ -167,7 +192,10 @@ def submit_job(actor: Actor, data: Any, code: IO[bytes] | None = None, code_size
     else:
         code_dir = None
     try:
-        check_entrypoint(spec["entrypoint"], code_dir)
+        environment = spec.get("environment") or {}
+        check_environment(environment, code_dir)
+        if not environment.get("image"):
+            check_entrypoint(spec["entrypoint"], code_dir)
         with transaction.atomic():
             job = Job.objects.create(
                 project=project,
@@ -185,6 +213,7 @@ def submit_job(actor: Actor, data: Any, code: IO[bytes] | None = None, code_size
                 max_restarts=spec["max_restarts"],
                 max_runtime=spec.get("max_runtime"),
                 checkpoint_keep=spec["checkpoint"]["keep"],
+                image=environment.get("image", ""),
                 reason="Waiting for the scheduler.",
             )
             record(actor, "job.submitted", job, project=project, detail={"spec": spec})
@@ -245,6 +274,7 @@ def resubmit_job(actor: Actor, job: Job) -> Job:
             max_restarts=job.max_restarts,
             max_runtime=job.max_runtime,
             checkpoint_keep=job.checkpoint_keep,
+            image=job.image,
             reason=f"Resubmitted from job #{job.pk}.",
         )
         record(actor, "job.resubmitted", copy, project=job.project, detail={"from": job.pk})

@@ -11,6 +11,7 @@ priority: normal                          # low | normal | high
 max_restarts: 3
 max_runtime: 2h
 checkpoint: {keep: 3}
+environment: {pip: [datasets, accelerate]}   # or {requirements: requirements.txt}, {image: ...}
 ```
 """
 
@@ -21,6 +22,7 @@ import re
 from typing import Any
 
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
 from rest_framework import serializers
 
 from controlplane.tenancy.api.common import StrictSerializer
@@ -50,9 +52,20 @@ RESERVED_ENV = frozenset(
         "LD_LIBRARY_PATH",
         "PATH",
         "HOME",
+        "USER",
+        "LOGNAME",
+        "VIRTUAL_ENV",
+        # The network interfaces of the rendezvous and collectives are the worker's choice.
+        "GLOO_SOCKET_IFNAME",
+        "NCCL_SOCKET_IFNAME",
+        "TP_SOCKET_IFNAME",
+        "NCCL_IB_HCA",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
     }
 )
 RESERVED_ENV_PREFIXES = ("CP_", "TORCHELASTIC_")
+IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@+-]{0,254}$", re.IGNORECASE)
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -64,6 +77,80 @@ def parse_spec_text(text: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise serializers.ValidationError({"spec": [f"Not valid YAML or JSON{where}."]}) from None
+
+
+class RequirementError(ValueError):
+    pass
+
+
+def check_requirement(text: str) -> str:
+    """One PEP 508 requirement from an index (``name[extras] specifiers ; markers``), as
+    written; no options, URLs or local paths (they could reach anything on the host)."""
+    text = text.strip()
+    if not text:
+        raise RequirementError("an empty requirement")
+    if len(text) > 300:
+        raise RequirementError(f"{text[:40]}...: longer than 300 characters")
+    if text.startswith("-"):
+        raise RequirementError(
+            f"{text!r}: pip options (-e, -r, --index-url, ...) are not accepted; give "
+            "package requirements such as 'datasets>=2.19'"
+        )
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        raise RequirementError(f"{text!r} is not a valid requirement: {exc}") from None
+    if req.url:
+        raise RequirementError(f"{text!r}: URL and path requirements are not accepted")
+    return text
+
+
+class RequirementField(serializers.CharField):
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        try:
+            return check_requirement(value)
+        except RequirementError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class EnvironmentSerializer(StrictSerializer):
+    """Where the job's processes run: a uv-built environment or a container image."""
+
+    pip = serializers.ListField(
+        child=RequirementField(max_length=300),
+        max_length=200,
+        required=False,
+        help_text="Packages to install (PEP 508), layered on the worker's environment.",
+    )
+    requirements = serializers.RegexField(
+        r"^(?!/)(?!.*\.\.)[A-Za-z0-9._/-]{1,200}$",
+        required=False,
+        error_messages={"invalid": "A relative path of a file in the uploaded code."},
+        help_text="A requirements file in the uploaded code.",
+    )
+    python = serializers.RegexField(
+        r"^3\.\d{1,2}$",
+        required=False,
+        error_messages={"invalid": "A Python version such as '3.11'."},
+    )
+    inherit = serializers.BooleanField(
+        default=True, help_text="See the worker's packages (torch...) under the new ones."
+    )
+    image = serializers.RegexField(
+        IMAGE_REF,
+        required=False,
+        error_messages={"invalid": "A container image reference such as 'pytorch/pytorch:2.5'."},
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs.get("image") and (attrs.get("pip") or attrs.get("requirements")):
+            raise serializers.ValidationError(
+                {"image": ["With an image, install packages into the image, not with pip."]}
+            )
+        if attrs.get("image") and "python" in attrs:
+            raise serializers.ValidationError({"python": ["The image decides the Python."]})
+        return attrs
 
 
 class ArgvField(serializers.ListField):
@@ -159,6 +246,7 @@ class JobSpecSerializer(StrictSerializer):
     max_restarts = serializers.IntegerField(min_value=0, max_value=100, default=3)
     max_runtime = DurationField(required=False, allow_null=True, default=None)
     checkpoint = CheckpointPolicySerializer(default=lambda: {"keep": 3})
+    environment = EnvironmentSerializer(required=False)
     code_path = serializers.CharField(
         max_length=500,
         required=False,

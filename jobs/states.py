@@ -78,6 +78,7 @@ class StopReason(models.TextChoices):
     PEER_FAILED = "peer_failed"  # a node of the attempt failed
     LOST = "lost"  # a node's lease expired
     NOT_STARTED = "not_started"  # a node was never started by its host (no restart counted)
+    ENVIRONMENT = "environment"  # a node's environment could not be built (no restart)
     DRAIN = "drain"  # its worker is shutting down
 
 

@@ -1,12 +1,13 @@
 """``python -m workers.guard -- ARGV...``: runs a job's command and makes sure nothing of
 it outlives its supervisor.
 
-The launcher starts the guard in a session of its own, with a pipe on its stdin (the
-lifeline). The guard:
+The launcher starts the guard in a session of its own (inside the workload's sandbox when
+there is one), with a pipe on its stdin (the lifeline). The guard:
 
 - starts ARGV as its child and exits with its exit code (128+N when killed by signal N);
 - forwards SIGTERM/SIGINT to the child once (torchrun passes it on to every rank, and the
-  job SDK turns it into "checkpoint and stop");
+  job SDK turns it into "checkpoint and stop"), and so does a ``T`` written to the
+  lifeline: the way the launcher asks, since a signal to bubblewrap would not reach it;
 - becomes a child subreaper (Linux), so processes whose parent dies (torchrun's ranks run
   in sessions of their own) are re-parented to it and can still be found and killed;
 - when the lifeline closes (the launcher asked for a hard stop, or its worker died, even by
@@ -90,10 +91,11 @@ def _hard_stop() -> None:
     os._exit(137)
 
 
-def _watch_lifeline() -> None:
+def _watch_lifeline(on_term) -> None:
     try:
-        while os.read(0, 4096):
-            pass
+        while data := os.read(0, 4096):
+            if b"T" in data:
+                on_term()
     except OSError:
         pass
     _hard_stop()
@@ -113,7 +115,7 @@ def main(argv: list[str]) -> int:
         return 127
     forwarded = threading.Event()
 
-    def forward(signum: int, _frame: object) -> None:
+    def forward(signum: int = signal.SIGTERM, _frame: object = None) -> None:
         if not forwarded.is_set():
             forwarded.set()
             try:
@@ -123,7 +125,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    threading.Thread(target=_watch_lifeline, daemon=True).start()
+    threading.Thread(target=_watch_lifeline, args=(forward,), daemon=True).start()
     code = child.wait()
     # Leftovers (a rank that ignored its parent's exit): ask, then insist.
     if descendants(os.getpid()):

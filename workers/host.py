@@ -11,6 +11,7 @@ from django.conf import settings
 
 from controlplane.cluster.services import GpuSpec, HostInfo
 from monitoring.nvml import nvml
+from workers.runtime import containers, sandbox
 
 VERSION = "0.1.0"
 
@@ -59,5 +60,7 @@ def collect(node: str = "") -> HostInfo:
         concurrency=settings.WORKER_CONCURRENCY,
         nvml_status=nvml.status,
         driver_version=nvml.driver_version,
+        sandbox=sandbox.status(),
+        container_runtime=containers.describe(),
         gpus=gpus,
     )

@@ -1,9 +1,12 @@
 """The launcher: runs one node of an attempt on this host and supervises it to the end.
 
-It claims the node (a duplicate start message finds it claimed and does nothing), builds
-the processes' environment from scratch (never the control plane's own secrets), starts
-``torch.distributed.run`` (or, for a one-process job, the entrypoint itself with the same
-variables torchrun would set) under ``workers.guard``, and until the processes exit:
+It claims the node (a duplicate start message finds it claimed and does nothing),
+prepares it through the workload runtime (``workers.runtime``: the Python environment the
+spec asks for, built with uv and cached, or a container image; the node's directories,
+handed to the project's uid), builds the processes' environment from scratch (never the
+control plane's own secrets), starts ``torch.distributed.run`` (or, for a one-process job,
+the entrypoint itself with the same variables torchrun would set) under ``workers.guard``
+inside a bubblewrap sandbox (see workers/runtime/sandbox.py), and until the processes exit:
 streams their output into log chunks, turns SDK events into metrics and checkpoints,
 renews the lease, and stops the processes when asked (cancel, preemption, max_runtime, a
 failed peer node, this worker shutting down): SIGTERM, then SIGKILL after the grace
@@ -34,6 +37,7 @@ from jobs import lifecycle, outputs
 from jobs.lifecycle import NodePlan
 from jobs.states import StopReason
 from workers import host
+from workers.runtime import containers, environments, sandbox
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -58,9 +62,12 @@ def is_loopback(address: str) -> bool:
     return address.startswith("127.") or address in ("::1", "localhost")
 
 
-def build_command(plan: NodePlan, master: tuple[str, int] | None) -> list[str]:
-    """The argv to run: the entrypoint itself, or under torchrun for several processes."""
-    python = sys.executable
+def build_command(
+    plan: NodePlan, master: tuple[str, int] | None, python: str | None = None
+) -> list[str]:
+    """The argv to run: the entrypoint itself, or under torchrun for several processes.
+    ``python``: the interpreter (the node's environment's; the worker's by default)."""
+    python = python or sys.executable
     entry = plan.entrypoint
     if entry[0] in PYTHONS and entry[1] == "-m":
         target, rest, kind = entry[2], entry[3:], "module"
@@ -93,16 +100,28 @@ def build_command(plan: NodePlan, master: tuple[str, int] | None) -> list[str]:
     return [*torchrun, "--no-python", str(Path(plan.work_dir) / target), *args]
 
 
-def build_env(plan: NodePlan, master: tuple[str, int] | None, events_file: Path) -> dict[str, str]:
+def build_env(
+    plan: NodePlan,
+    master: tuple[str, int] | None,
+    events_file: Path,
+    venv: Path | None = None,
+    sandboxed: bool = False,
+    sdk_root: str = str(PROJECT_ROOT),
+) -> dict[str, str]:
     """The processes' environment, from scratch: nothing of the worker's own."""
-    venv_bin = str(Path(sys.executable).parent)
+    venv_bin = str((venv or Path(sys.executable).parent.parent) / "bin")
     env = {
         "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": os.environ.get("HOME", plan.work_dir),
+        # In the sandbox the worker's home is not there: the working directory is home.
+        "HOME": plan.work_dir if sandboxed else os.environ.get("HOME", plan.work_dir),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join([plan.work_dir, str(PROJECT_ROOT)]),
+        "PYTHONPATH": os.pathsep.join([plan.work_dir, sdk_root]),
     }
+    if venv is not None:
+        env["VIRTUAL_ENV"] = str(venv)
+    if sandboxed:
+        env["USER"] = env["LOGNAME"] = sandbox.SANDBOX_USER
     for name, value in os.environ.items():
         if name in PASS_THROUGH or name.startswith(PASS_THROUGH_PREFIXES):
             env[name] = value
@@ -150,12 +169,15 @@ class EventTail:
         self.partial = b""
 
     def read(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
+        try:  # the workload owns the directory: never follow a link it put there
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
             return []
+        with os.fdopen(fd, "rb") as handle:
+            if not os.path.isfile(f"/proc/self/fd/{fd}"):
+                return []
+            handle.seek(self.offset)
+            data = handle.read(16 * 1024 * 1024)
         self.offset += len(data)
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
@@ -191,18 +213,15 @@ class NodeRun:
         if self.plan is None:
             return "not claimed (a duplicate start, or the attempt ended)"
         plan = self.plan
+        self.builder: environments.Builder | None = None
         try:
             master = self._rendezvous()
             if master is False:
                 return "stopped before it started"
             work = self._prepare()
-            events = work / ".cp-events.jsonl"
-            command = build_command(plan, master or None)
-            env = build_env(plan, master or None, events)
+            argv, env = self._runtime(work, master or None)
             self.proc = subprocess.Popen(
-                # -S: the guard needs only the standard library; skipping site saves
-                # a good part of its start-up time.
-                [sys.executable, "-S", "-m", "workers.guard", "--", *command],
+                argv,
                 cwd=work,
                 env=env,
                 stdin=subprocess.PIPE,
@@ -210,15 +229,127 @@ class NodeRun:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        except environments.Stopped:
+            self._release()
+            lease = self._lease_now()
+            if lease is not None and lease.held:
+                lifecycle.finish_node(plan.node_id, plan.claim, 0)
+            return "stopped while its environment was prepared"
+        except environments.BuildError as exc:
+            self._release()
+            self._flush_logs([f"[environment] {exc}\n".encode()])
+            lifecycle.finish_node(
+                plan.node_id,
+                plan.claim,
+                None,
+                f"node {plan.rank}: {exc}",
+                stop_reason=StopReason.ENVIRONMENT,
+            )
+            return "environment failed"
         except Exception as exc:
+            self._release()
             log.exception("could not start node %s of attempt %s", self.rank, self.attempt_id)
             lifecycle.finish_node(plan.node_id, plan.claim, None, f"launcher error: {exc}")
             return "failed to start"
         lifecycle.set_pid(plan.node_id, plan.claim, self.proc.pid)
-        outcome = self._supervise(EventTail(events))
+        try:
+            outcome = self._supervise(EventTail(work / ".cp-events.jsonl"))
+        finally:
+            self._release()
         if not outcome.fenced:
             lifecycle.finish_node(plan.node_id, plan.claim, outcome.exit_code)
         return f"exited {outcome.exit_code}" + (" (fenced)" if outcome.fenced else "")
+
+    # --- the workload runtime ------------------------------------------------------------
+
+    def _runtime(self, work: Path, master: tuple[str, int] | None) -> tuple[list[str], dict]:
+        """The argv and environment of the node's processes: its Python environment (or
+        image), in its sandbox, under the guard."""
+        plan = self.plan
+        assert plan is not None
+        events = work / ".cp-events.jsonl"
+        image = plan.environment.get("image", "")
+        uid = sandbox.uid_for_project(plan.project_id) if sandbox.enabled() or image else None
+        ckpt = Path(plan.checkpoint_dir)
+        sandbox.give_to(uid, work, ckpt)
+        described: dict = {"sandbox": settings.SANDBOX, "uid": uid}
+        if image:
+            described.update(kind="image", image=image, runtime=containers.describe())
+            lifecycle.record_environment(plan.node_id, plan.claim, described)
+            self._log(f"[environment] image {image} ({containers.describe()})\n")
+            env = build_env(plan, master, events, sandboxed=True, sdk_root="/opt/cp")
+            env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            command = build_command(plan, master, python="python")
+            self.container = f"cp-job{plan.job_id}-a{plan.attempt}-n{plan.rank}"
+            run = containers.run_argv(
+                image,
+                command,
+                name=self.container,
+                env=env,
+                work_dir=work,
+                mounts=[ckpt],
+                gpu_indices=plan.gpu_indices,
+                host_network=plan.nodes > 1,
+                uid=uid,
+            )
+            host_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+            return [sys.executable, "-S", "-m", "workers.guard", "--", *run], host_env
+        request = environments.request_from_spec(plan.environment, work)
+        venv: Path | None = None
+        if request is not None:
+            self.builder = environments.Builder(self._log, self._keep_alive)
+            built = self.builder.ensure(request)
+            venv = built.path
+            described.update(built.describe())
+        else:
+            described.update(kind="worker", python=sys.version.split()[0])
+        lifecycle.record_environment(plan.node_id, plan.claim, described)
+        python = str(venv / "bin" / "python") if venv else sys.executable
+        command = build_command(plan, master, python=python)
+        sandboxed = sandbox.enabled()
+        env = build_env(plan, master, events, venv=venv, sandboxed=sandboxed)
+        # -S: the guard needs only the standard library; skipping site saves a good part
+        # of its start-up time. It runs inside the sandbox, above the workload.
+        guarded = [sys.executable, "-S", "-m", "workers.guard", "--", *command]
+        layout = sandbox.Layout(
+            work_dir=work,
+            writable=[ckpt],
+            readable=[venv] if venv else [],
+            gpu_indices=plan.gpu_indices,
+            private_network=plan.nodes == 1,
+            hostname=f"job{plan.job_id}-node{plan.rank}",
+            uid=uid,
+        )
+        return sandbox.wrap(guarded, layout), env
+
+    def _log(self, text: str) -> None:
+        self._flush_logs([text.encode()])
+
+    def _lease_now(self) -> lifecycle.Lease | None:
+        plan = self.plan
+        assert plan is not None
+        close_old_connections()
+        try:
+            return lifecycle.renew(plan.node_id, plan.claim)
+        except Exception:
+            log.warning("lease renewal failed", exc_info=True)
+            return None
+
+    def _keep_alive(self) -> bool:
+        """Renew the lease while the environment is prepared; False: stop preparing."""
+        now = time.monotonic()
+        if now < getattr(self, "_alive_until", 0.0):
+            return True
+        self._alive_until = now + settings.JOB_LEASE_RENEW_INTERVAL
+        lease = self._lease_now()
+        if lease is None:
+            return True  # the database is away: keep going until the lease runs out
+        return lease.held and not lease.stop and not DRAINING.is_set()
+
+    def _release(self) -> None:
+        if self.builder is not None:
+            self.builder.release()
+            self.builder = None
 
     def _rendezvous(self) -> tuple[str, int] | bool | None:
         """The master address (rank 0 picks and publishes it); None for a one-process job;
@@ -355,11 +486,17 @@ class NodeRun:
                 log.warning("could not record the job's pids", exc_info=True)
 
     def _terminate(self) -> None:
-        assert self.proc is not None
+        """Ask the guard (in the sandbox, where a signal would not reach) to pass SIGTERM
+        on to the workload."""
+        assert self.proc is not None and self.proc.stdin is not None
         try:
-            self.proc.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+            self.proc.stdin.write(b"T")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def _hard_stop(self) -> None:
         assert self.proc is not None and self.proc.stdin is not None
@@ -367,6 +504,8 @@ class NodeRun:
             self.proc.stdin.close()  # the lifeline: the guard SIGKILLs everything
         except OSError:
             pass
+        if getattr(self, "container", ""):
+            containers.remove(self.container)
 
     def _flush_logs(self, lines: list[bytes]) -> None:
         plan = self.plan

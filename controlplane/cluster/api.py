@@ -58,6 +58,8 @@ class WorkerSerializer(serializers.ModelSerializer):
             "version",
             "nvml_status",
             "driver_version",
+            "sandbox",
+            "container_runtime",
             "gpus",
             "cpu_slots_in_use",
             "registered_at",

@@ -37,6 +37,14 @@ class Worker(models.Model):
         max_length=200, blank=True, help_text="'ok', or why NVIDIA GPUs could not be read."
     )
     driver_version = models.CharField(max_length=40, blank=True)
+    sandbox = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="'bwrap', 'off' (CP_SANDBOX=off), or 'unavailable: why' (it runs no work).",
+    )
+    container_runtime = models.CharField(
+        max_length=80, blank=True, help_text="podman or docker (and version), if it has one."
+    )
     registered_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(default=timezone.now)
     last_heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)

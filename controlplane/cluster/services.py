@@ -36,6 +36,8 @@ class HostInfo:
     concurrency: int = 1
     nvml_status: str = ""
     driver_version: str = ""
+    sandbox: str = ""
+    container_runtime: str = ""
     gpus: list[GpuSpec] = field(default_factory=list)
 
 
@@ -55,6 +57,8 @@ def register_worker(info: HostInfo) -> Worker:
         "concurrency": info.concurrency,
         "nvml_status": info.nvml_status[:200],
         "driver_version": info.driver_version[:40],
+        "sandbox": info.sandbox[:300],
+        "container_runtime": info.container_runtime[:80],
         "started_at": now,
         "last_heartbeat_at": now,
         "stopped_at": None,

@@ -29,6 +29,7 @@ class AttemptSerializer(serializers.ModelSerializer):
             "reason",
             "exit_code",
             "resume_from",
+            "environment",
             "created_at",
             "started_at",
             "finished_at",

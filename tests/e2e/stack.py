@@ -95,7 +95,11 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        return self.env.get("REDIS_URL") or f"redis://127.0.0.1:{self.redis_port}/0"
+        if self.env.get("REDIS_URL"):
+            return self.env["REDIS_URL"]
+        # The embedded Redis requires the password the stack generated into its var/.
+        password = (self.var_dir / "redis_password").read_text().strip()
+        return f"redis://:{password}@127.0.0.1:{self.redis_port}/0"
 
     @property
     def broker_url(self) -> str:
