@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint format venv clean
+.PHONY: run test lint format venv clean system-deps
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,19 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 
 venv: $(VENV)/.installed
 
-run: $(VENV)/.installed
+# Jobs run in a bubblewrap sandbox (Debian's `bubblewrap`): installed here when this
+# machine can (root with apt-get); otherwise the worker says what is missing and runs no
+# jobs until it is installed (or CP_SANDBOX=off on a trusted single-user install).
+system-deps:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null); } \
+	  || echo "bubblewrap (bwrap) is missing: install it (apt-get install bubblewrap) to run jobs"
+
+run: $(VENV)/.installed system-deps
 	$(PY) -m controlplane.stack
 
 # Exit code 5 means "no tests selected" (an empty PYTEST_ARGS selection): not a failure.
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev system-deps
 	$(PY) -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: $(VENV)/.installed-dev

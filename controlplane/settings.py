@@ -70,6 +70,10 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# Encrypts project secrets (kept outside the database). Set the same on every host.
+SECRETS_KEY = env_str("CP_SECRETS_KEY") or _generated_secret("secrets_key")
+if len(SECRETS_KEY) < 32:
+    raise ImproperlyConfigured("CP_SECRETS_KEY must be at least 32 characters.")
 DEBUG = env_bool("CP_DEBUG", False)
 
 ALLOWED_HOSTS = env_list("CP_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
@@ -270,6 +274,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Attempt tokens (cpat_...) first: they open /api/v1/attempt/ and nothing else.
+        "jobs.attempt_auth.AttemptTokenAuthentication",
         "controlplane.tenancy.auth.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],

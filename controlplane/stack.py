@@ -120,14 +120,18 @@ def main() -> int:
     from controlplane.tenancy import services
 
     password = services.bootstrap(settings.ADMIN_PASSWORD or None)
+    if "CP_ADMIN_PASSWORD" in os.environ:
+        # The admin exists now: start again without its password, so that no process of
+        # the stack (this one included: /proc/<pid>/environ keeps what exec got) has it.
+        env = {k: v for k, v in os.environ.items() if k != "CP_ADMIN_PASSWORD"}
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "controlplane.stack"], env)
     if password:
         hint = f"(user admin, password {password}: shown only this once)"
     else:
         hint = "(user admin)"
 
     python = sys.executable
-    # The admin exists now: its password has no business in any process's environment.
-    os.environ.pop("CP_ADMIN_PASSWORD", None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # Running jobs get their own grace period to checkpoint before the worker exits.
     honcho_manager.KILL_WAIT = max(STOP_GRACE_SECONDS, settings.JOB_STOP_GRACE_SECONDS + 10)

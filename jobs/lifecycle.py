@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs import events, signals, storage
+from jobs.attempt_auth import ATTEMPT_TOKEN_PREFIX
 from jobs.models import Attempt, AttemptNode, Job, NodeState, Reservation
 from jobs.states import ATTEMPT_LIVE, AttemptState, JobState, StopReason
 
@@ -79,7 +80,7 @@ def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
     """Claim a node of an attempt for this worker; None when it is not (or no longer) ours."""
     now = timezone.now()
     claim = uuid.uuid4().hex
-    token = secrets.token_urlsafe(32)
+    token = ATTEMPT_TOKEN_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
         claimed = AttemptNode.objects.filter(
             attempt_id=attempt_id,

@@ -20,6 +20,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from controlplane.cluster.models import Worker
+from controlplane.tenancy import secrets
 from controlplane.tenancy.errors import Conflict
 from controlplane.tenancy.models import Project, Role
 from controlplane.tenancy.services import Actor, record, require_role, visible_projects
@@ -27,7 +28,7 @@ from jobs import events, storage
 from jobs.archives import ArchiveError, resolve_inside, unpack
 from jobs.lifecycle import request_tick, settle
 from jobs.models import Attempt, Job
-from jobs.spec import JobSpecSerializer, normalize
+from jobs.spec import JobSpecSerializer, normalize, secret_refs
 from jobs.states import ATTEMPT_LIVE, PRIORITY_BY_NAME, JobState, StopReason
 
 PYTHONS = {"python", "python3"}
@@ -194,6 +195,12 @@ def submit_job(actor: Actor, data: Any, code: IO[bytes] | None = None, code_size
     try:
         environment = spec.get("environment") or {}
         check_environment(environment, code_dir)
+        if absent := secrets.missing(project.pk, secret_refs(spec["env"])):
+            raise _invalid(
+                "env",
+                f"Project {project.name} has no secret named {', '.join(absent)}; a project "
+                f"admin adds it at /api/v1/projects/{project.pk}/secrets/.",
+            )
         if not environment.get("image"):
             check_entrypoint(spec["entrypoint"], code_dir)
         with transaction.atomic():

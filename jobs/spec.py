@@ -65,6 +65,7 @@ RESERVED_ENV = frozenset(
     }
 )
 RESERVED_ENV_PREFIXES = ("CP_", "TORCHELASTIC_")
+SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@+-]{0,254}$", re.IGNORECASE)
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -77,6 +78,41 @@ def parse_spec_text(text: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise serializers.ValidationError({"spec": [f"Not valid YAML or JSON{where}."]}) from None
+
+
+class EnvValueField(serializers.Field):
+    """A variable's value: a string, or ``{secret: NAME}``, a project secret given to the
+    job's processes (and nowhere else) when they start."""
+
+    default_error_messages = {
+        "invalid": "A string, or {{secret: NAME}} for one of the project's secrets.",
+        "long": "At most 32768 characters.",
+        "name": "A secret name: letters, digits, '.', '_' or '-', at most 63.",
+    }
+
+    def to_internal_value(self, data: Any) -> str | dict:
+        if isinstance(data, bool):
+            self.fail("invalid")
+        if isinstance(data, int | float):
+            data = str(data)
+        if isinstance(data, str):
+            if len(data) > 32768:
+                self.fail("long")
+            return data
+        if isinstance(data, dict) and list(data) == ["secret"]:
+            name = data["secret"]
+            if not isinstance(name, str) or not SECRET_NAME.match(name):
+                self.fail("name")
+            return {"secret": name}
+        self.fail("invalid")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+def secret_refs(env: dict) -> set[str]:
+    """The names of the project secrets a spec's env refers to."""
+    return {v["secret"] for v in env.values() if isinstance(v, dict)}
 
 
 class RequirementError(ValueError):
@@ -237,10 +273,7 @@ class JobSpecSerializer(StrictSerializer):
     project = serializers.CharField(max_length=63, default="default")
     entrypoint = ArgvField(min_length=1)
     args = ArgvField(default=list)
-    env = serializers.DictField(
-        child=serializers.CharField(allow_blank=True, max_length=32768, trim_whitespace=False),
-        default=dict,
-    )
+    env = serializers.DictField(child=EnvValueField(), default=dict)
     resources = ResourcesSerializer(default=lambda: {"nodes": 1, "gpus_per_node": 0})
     priority = serializers.ChoiceField(choices=list(PRIORITY_BY_NAME), default="normal")
     max_restarts = serializers.IntegerField(min_value=0, max_value=100, default=3)

@@ -33,8 +33,10 @@ import psutil
 from django.conf import settings
 from django.db import close_old_connections
 
+from controlplane.tenancy import secrets as project_secrets
 from jobs import lifecycle, outputs
 from jobs.lifecycle import NodePlan
+from jobs.spec import secret_refs
 from jobs.states import StopReason
 from workers import host
 from workers.runtime import containers, environments, sandbox
@@ -267,6 +269,14 @@ class NodeRun:
         image), in its sandbox, under the guard."""
         plan = self.plan
         assert plan is not None
+        if refs := secret_refs(plan.env):  # project secrets: into this environment only
+            try:
+                values = project_secrets.reveal(plan.project_id, refs)
+            except project_secrets.SecretError as exc:
+                raise environments.BuildError(f"secrets: {exc}") from None
+            plan.env = {
+                k: values[v["secret"]] if isinstance(v, dict) else v for k, v in plan.env.items()
+            }
         events = work / ".cp-events.jsonl"
         image = plan.environment.get("image", "")
         uid = sandbox.uid_for_project(plan.project_id) if sandbox.enabled() or image else None

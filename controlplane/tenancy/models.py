@@ -138,3 +138,27 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         when = f"{self.created_at:%Y-%m-%d %H:%M:%S}"
         return f"{when} {self.actor_name} {self.action} {self.object_repr}"
+
+
+class ProjectSecret(models.Model):
+    """A named secret of a project (an HF token, a W&B key...). Write-only: the value is
+    stored encrypted with a key kept outside the database (``CP_SECRETS_KEY`` or
+    ``var/secrets_key``) and is decrypted only for the environment of the project's jobs."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=63)
+    ciphertext = models.BinaryField(editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["project__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="secret_name_per_project")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.name}/{self.name}"

@@ -30,8 +30,9 @@ def code_archive() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def stack():
+def jobs_stack():
+    """The stack of this module's tests (and the runtime's): two worker hosts on this
+    machine, short leases; a generator for a module-scoped fixture."""
     instance = Stack(
         fake_gpus=0,
         extra_env={
@@ -63,6 +64,11 @@ def stack():
         yield instance
     finally:
         instance.close()
+
+
+@pytest.fixture(scope="module")
+def stack():
+    yield from jobs_stack()
 
 
 def online(stack: Stack) -> set[str]:

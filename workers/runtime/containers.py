@@ -11,8 +11,10 @@ root. The image decides the interpreter: the entrypoint runs as written.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,9 +41,37 @@ def runtime() -> str:
             )
         except (OSError, subprocess.TimeoutExpired):
             continue
-        if probe.returncode == 0:
+        if probe.returncode == 0 and (name == "docker" or _podman_runs(path)):
             return path
     return ""
+
+
+def _podman_runs(podman: str) -> bool:
+    """Whether podman can start a container here (an engine that answers `info` may still
+    fail to run one: cgroups, rlimits). Runs /bin/true in a throw-away root file system
+    made of that binary and its libraries, so no image or registry is needed."""
+    with tempfile.TemporaryDirectory(prefix="cp-podman-probe-") as root:
+        true = shutil.which("true") or "/bin/true"
+        try:
+            ldd = subprocess.run(["ldd", true], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        files = [true, *re.findall(r"(/\S+) \(0x", ldd.stdout)]
+        for file in files:
+            target = Path(root) / file.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, target)
+        (Path(root) / "bin").mkdir(exist_ok=True)
+        shutil.copy2(true, Path(root) / "bin" / "true")
+        try:
+            result = subprocess.run(
+                [podman, "run", "--rm", "--network", "none", "--rootfs", root, "/bin/true"],
+                capture_output=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return result.returncode == 0
 
 
 @lru_cache(maxsize=1)

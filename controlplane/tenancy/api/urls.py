@@ -3,6 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from controlplane.tenancy.api.secrets import SecretViewSet
 from controlplane.tenancy.api.views import MemberViewSet, ProjectViewSet, TokenViewSet
 
 router = SimpleRouter()
@@ -14,8 +15,15 @@ member = MemberViewSet.as_view(
     {"get": "retrieve", "put": "update", "patch": "partial_update", "delete": "destroy"}
 )
 
+secret_list = SecretViewSet.as_view({"get": "list", "post": "create"})
+secret_item = SecretViewSet.as_view(
+    {"get": "retrieve", "put": "update", "patch": "partial_update", "delete": "destroy"}
+)
+
 urlpatterns = [
     *router.urls,
     path("projects/<int:project_pk>/members/", members, name="project-members"),
     path("projects/<int:project_pk>/members/<str:username>/", member, name="project-member"),
+    path("projects/<int:project_pk>/secrets/", secret_list, name="project-secrets"),
+    path("projects/<int:project_pk>/secrets/<str:name>/", secret_item, name="project-secret"),
 ]
