@@ -125,7 +125,7 @@ def main() -> int:
         # the stack (this one included: /proc/<pid>/environ keeps what exec got) has it.
         env = {k: v for k, v in os.environ.items() if k != "CP_ADMIN_PASSWORD"}
         sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "controlplane.stack"], env)
+        os.execve(sys.executable, [sys.executable, "-m", "controlplane.stack"], env)  # noqa: S606
     if password:
         hint = f"(user admin, password {password}: shown only this once)"
     else:
