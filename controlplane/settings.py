@@ -235,6 +235,8 @@ SANDBOX_UID_COUNT = env_int("CP_SANDBOX_UID_COUNT", 65536, minimum=1, maximum=65
 SANDBOX_HIDE = [Path(p).resolve() for p in env_list("CP_SANDBOX_HIDE", [])]
 # Environments built with uv, cached per host.
 ENV_CACHE_DIR = Path(env_str("CP_ENV_CACHE_DIR", str(VAR_DIR / "envs"))).resolve()
+# uv's download cache (wheels), shared by every build on this host.
+ENV_UV_CACHE_DIR = Path(env_str("CP_ENV_UV_CACHE_DIR", str(ENV_CACHE_DIR / ".uv-cache"))).resolve()
 ENV_CACHE_MAX_BYTES = env_int("CP_ENV_CACHE_MAX_BYTES", 20 * 1024**3, minimum=1024**2)
 ENV_BUILD_TIMEOUT = env_float("CP_ENV_BUILD_TIMEOUT", 1800.0, minimum=10.0)
 CONTAINER_RUNTIME = env_choice("CP_CONTAINER_RUNTIME", "auto", ("auto", "podman", "docker", "none"))

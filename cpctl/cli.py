@@ -159,6 +159,31 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _environment_text(env: dict) -> str:
+    if env.get("kind") == "venv":
+        cached = " cached" if env.get("cached") else ""
+        return f"venv {env['key']}{cached}: {', '.join(env.get('packages') or []) or '-'}"
+    if env.get("kind") == "image":
+        return f"image {env.get('image')} ({env.get('runtime', '')})"
+    if env.get("kind"):
+        return f"worker's Python {env.get('python', '')}"
+    return ""
+
+
+def cmd_attempts(args: argparse.Namespace) -> int:
+    client = Client(load_settings(args.url, args.token))
+    rows = []
+    for attempt in client.get(f"/api/v1/jobs/{args.job}/attempts/"):
+        env = attempt.get("environment") or {}
+        hosts = ",".join(n["worker"] for n in attempt.get("nodes", []))
+        sandbox = env.get("sandbox", "")
+        rows.append(
+            [attempt["number"], attempt["state"], hosts, sandbox, _environment_text(env)[:90]]
+        )
+    print(_table(rows, ["#", "STATE", "HOSTS", "SANDBOX", "ENVIRONMENT"]))
+    return 0
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     client = Client(load_settings(args.url, args.token))
     rows = []
@@ -167,8 +192,18 @@ def cmd_workers(args: argparse.Namespace) -> int:
         busy = sum(1 for g in gpus if g.get("in_use_by"))
         gpu_text = f"{busy}/{len(gpus)} busy ({gpus[0]['name']})" if gpus else "none"
         slots = f"{len(worker.get('cpu_slots_in_use', []))}/{worker['cpu_slots']}"
-        rows.append([worker["name"], worker["status"], worker["address"], gpu_text, slots])
-    print(_table(rows, ["HOST", "STATUS", "ADDRESS", "GPUS", "CPU SLOTS"]))
+        rows.append(
+            [
+                worker["name"],
+                worker["status"],
+                worker["address"],
+                gpu_text,
+                slots,
+                worker.get("sandbox", "")[:40],
+                worker.get("container_runtime", "") or "-",
+            ]
+        )
+    print(_table(rows, ["HOST", "STATUS", "ADDRESS", "GPUS", "CPU SLOTS", "SANDBOX", "CONTAINERS"]))
     return 0
 
 
@@ -192,6 +227,9 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("job", type=int)
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(run=cmd_logs)
+    attempts = sub.add_parser("attempts", help="a job's attempts and what each ran in")
+    attempts.add_argument("job", type=int)
+    attempts.set_defaults(run=cmd_attempts)
     cancel = sub.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job", type=int)
     cancel.set_defaults(run=cmd_cancel)

@@ -45,6 +45,8 @@ def jobs_stack():
             "CP_JOB_START_TIMEOUT": "15",
             "CP_JOB_STOP_GRACE_SECONDS": "8",
             "CP_SCHEDULER_INTERVAL": "0.5",
+            # uv's wheel cache outlives the test stack: a rerun does not download again.
+            "CP_ENV_UV_CACHE_DIR": str(Path.home() / ".cache" / "cp-tests" / "uv"),
         },
     )
     try:

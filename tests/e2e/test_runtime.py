@@ -5,6 +5,8 @@ get the Python environment their spec asks for (built with uv, cached, shared)."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -148,6 +150,18 @@ def test_an_environment_is_built_with_uv_cached_and_shared(stack):
     assert f"reusing {env['key']}" in logs(stack, second["id"])
     cache = [p for p in (stack.var_dir / "envs").iterdir() if (p / "cp-env.json").exists()]
     assert [p.name for p in cache] == [env["key"]]
+    # cpctl shows what each attempt ran in.
+    shown = subprocess.run(
+        [sys.executable, "-m", "cpctl", "attempts", str(second["id"])],
+        cwd=ROOT,
+        env={"CP_URL": stack.url, "CP_TOKEN": stack.token, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"venv {env['key']} cached: tomli-w==1.2.0" in shown.stdout, shown.stdout
+    assert "bwrap" in shown.stdout
 
 
 def test_a_bad_requirement_fails_the_job_with_the_resolvers_message_and_no_restarts(stack):
@@ -212,3 +226,23 @@ def test_an_image_job_is_refused_where_no_host_runs_containers(stack):
     assert response.status_code == 400
     assert "needs a worker host with a container runtime" in response.text
     assert all(w["sandbox"] == "bwrap" for w in workers), workers
+
+
+def test_an_unmodified_hugging_face_trainer_script_runs_as_a_two_process_job(stack):
+    submitted = submit(
+        stack,
+        name="hf-trainer",
+        entrypoint=["python", "hf_trainer.py"],
+        args=["--max-steps", "4"],
+        resources={"procs_per_node": 2},
+        environment={"pip": ["datasets", "accelerate"]},
+    )
+    done = wait_state(stack, submitted["id"], TERMINAL, timeout=480)
+    output = logs(stack, submitted["id"])
+    assert done["state"] == "SUCCEEDED", output
+    for rank in (0, 1):
+        assert f"rank {rank} of 2: trained 4 steps" in output, output
+    [attempt] = attempts(stack, submitted["id"])
+    names = {p.split("==")[0].lower() for p in attempt["environment"]["packages"]}
+    assert {"datasets", "accelerate"} <= names
+    assert not names & {"torch", "transformers", "numpy"}  # those come from the worker's

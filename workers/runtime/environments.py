@@ -299,7 +299,7 @@ class Builder:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.root),
-            "UV_CACHE_DIR": str(self.root / ".uv-cache"),
+            "UV_CACHE_DIR": str(settings.ENV_UV_CACHE_DIR),
             "UV_NO_PROGRESS": "1",
             "UV_PYTHON_DOWNLOADS": "never",
             **{k: v for k, v in os.environ.items() if k.startswith(("UV_INDEX", "UV_EXTRA"))},
