@@ -4,6 +4,7 @@ them, exactly as it stores what the worker reads from the SDK's events file."""
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status
 from rest_framework.request import Request
@@ -52,7 +53,10 @@ class AttemptView(APIView):
     # The default authenticators (attempt tokens first): a user gets a 403 that says why.
     permission_classes = [IsAttempt]
 
-    @extend_schema(summary="The calling attempt's own job (attempt tokens only)")
+    @extend_schema(
+        summary="The calling attempt's own job (attempt tokens only)",
+        responses={200: OpenApiTypes.OBJECT},
+    )
     def get(self, request: Request) -> Response:
         node = request.user.node
         attempt, job = node.attempt, node.attempt.job
@@ -72,7 +76,11 @@ class AttemptView(APIView):
 
 
 class AttemptMetricsView(AttemptView):
-    @extend_schema(summary="Report metrics and progress (attempt tokens only)")
+    @extend_schema(
+        summary="Report metrics and progress (attempt tokens only)",
+        request=MetricsReport,
+        responses={201: OpenApiTypes.OBJECT},
+    )
     def post(self, request: Request) -> Response:
         report = MetricsReport(data=request.data)
         report.is_valid(raise_exception=True)
@@ -88,7 +96,11 @@ class AttemptMetricsView(AttemptView):
 
 
 class AttemptCheckpointsView(AttemptView):
-    @extend_schema(summary="Report a complete checkpoint (attempt tokens only)")
+    @extend_schema(
+        summary="Report a complete checkpoint (attempt tokens only)",
+        request=CheckpointReport,
+        responses={201: OpenApiTypes.OBJECT},
+    )
     def post(self, request: Request) -> Response:
         report = CheckpointReport(data=request.data)
         report.is_valid(raise_exception=True)

@@ -4,6 +4,7 @@ get the Python environment their spec asks for (built with uv, cached, shared)."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -246,3 +247,30 @@ def test_an_unmodified_hugging_face_trainer_script_runs_as_a_two_process_job(sta
     names = {p.split("==")[0].lower() for p in attempt["environment"]["packages"]}
     assert {"datasets", "accelerate"} <= names
     assert not names & {"torch", "transformers", "numpy"}  # those come from the worker's
+
+
+def test_a_project_secret_reaches_the_jobs_environment_and_nowhere_else(stack):
+    value = "hf_e2e_" + "s3cr3t" * 6
+    project = stack.api.get("/api/v1/projects/").json()["results"][0]
+    created = stack.api.post(
+        f"/api/v1/projects/{project['id']}/secrets/", json={"name": "hf", "value": value}
+    )
+    assert created.status_code == 201, created.text
+    submitted = submit(
+        stack,
+        name="secret-user",
+        entrypoint=["python", "uses_secret.py"],
+        env={"HF_TOKEN": {"secret": "hf"}},
+    )
+    done = wait_state(stack, submitted["id"], TERMINAL)
+    output = logs(stack, submitted["id"])
+    assert done["state"] == "SUCCEEDED", output
+    assert f"secret digest {hashlib.sha256(value.encode()).hexdigest()}" in output
+    seen = [
+        output,
+        stack.api.get(f"/api/v1/jobs/{submitted['id']}/").text,
+        stack.api.get(f"/api/v1/jobs/{submitted['id']}/attempts/").text,
+        stack.api.get(f"/api/v1/projects/{project['id']}/secrets/").text,
+        stack.log(),
+    ]
+    assert not [text for text in seen if value in text]

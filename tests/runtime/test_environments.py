@@ -86,7 +86,7 @@ def test_a_requirements_file_is_read_from_the_code_and_checked(tmp_path):
     request = environments.request_from_spec({"requirements": "requirements.txt"}, tmp_path)
     assert request is not None and request.packages == ["datasets>=2", "accelerate"]
     (tmp_path / "bad.txt").write_text("numpy\n--index-url https://example.invalid/simple\n")
-    with pytest.raises(environments.BuildError, match="bad.txt, line 2: .*pip options"):
+    with pytest.raises(environments.BuildError, match=r"bad.txt, line 2: .*pip options"):
         environments.request_from_spec({"requirements": "bad.txt"}, tmp_path)
     with pytest.raises(environments.BuildError, match="not in the job's code"):
         environments.request_from_spec({"requirements": "../x.txt"}, tmp_path)
@@ -105,4 +105,4 @@ def test_a_stopped_attempt_stops_its_build(cache):
     request = environments.Request(packages=["cowsay==6.1"], inherit=False)
     with pytest.raises(environments.Stopped):
         environments.Builder(lambda _l: None, lambda: False).ensure(request)
-    assert not any((cache / request.key() / environments.META).parent.glob(environments.META))
+    assert not (cache / request.key() / environments.META).exists()

@@ -196,15 +196,25 @@ class Builder:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             env = self._reuse(key, fd)
-            if env is None:
-                self._wait_lock(fd, fcntl.LOCK_EX, key)
+            told = False
+            while env is None:
                 try:
-                    env = self._load(key)  # built by another job while we waited
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    # Another job builds it (wait), or it is built and in use (share it).
+                    env = self._reuse(key, fd)
                     if env is None:
-                        env = self._build(key, request)
+                        if not told:
+                            self.log(f"[environment] waiting for another job's build of {key}\n")
+                            told = True
+                        if not self.keep_alive():
+                            raise Stopped("stopped while waiting for the environment") from None
+                        time.sleep(0.2)
+                    continue
+                try:
+                    env = self._load(key) or self._build(key, request)
                 finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                self._wait_lock(fd, fcntl.LOCK_SH, key)
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # from building it to using it
         except BaseException:
             os.close(fd)
             raise
@@ -253,20 +263,6 @@ class Builder:
         return removed
 
     # --- internals ----------------------------------------------------------------------
-
-    def _wait_lock(self, fd: int, kind: int, key: str) -> None:
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, kind | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if not told:
-                    self.log(f"[environment] waiting for another job's build of {key}\n")
-                    told = True
-                if not self.keep_alive():
-                    raise Stopped("stopped while waiting for the environment") from None
-                time.sleep(0.2)
 
     def _reuse(self, key: str, fd: int) -> Environment | None:
         try:
