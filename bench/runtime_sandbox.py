@@ -89,10 +89,18 @@ def ddp_steps(argv: list[str], work: Path) -> float:
         "GLOO_SOCKET_IFNAME": "lo",
         "OMP_NUM_THREADS": "1",
     }
-    out = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    found = re.findall(r"([\d.]+) steps/s", out.stdout)
+    # stdin is the guard's lifeline: keep it open until the run ends.
+    proc = subprocess.Popen(
+        argv, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdin is not None
+    output = proc.stdout.read()
+    proc.wait(timeout=600)
+    proc.stdin.close()
+    found = re.findall(r"steps/s ([\d.]+)", output)
     if not found:
-        raise RuntimeError(out.stdout[-2000:] + out.stderr[-2000:])
+        raise RuntimeError(output[-3000:])
     return float(found[0])
 
 
