@@ -10,10 +10,10 @@ from django.contrib import admin, messages
 from django.db.models import Count
 from django.http import HttpRequest
 
-from controlplane.tenancy import services
+from controlplane.tenancy import secrets, services
 from controlplane.tenancy.auth import actor_for
 from controlplane.tenancy.errors import ServiceError
-from controlplane.tenancy.models import ApiToken, AuditEvent, Membership, Project
+from controlplane.tenancy.models import ApiToken, AuditEvent, Membership, Project, ProjectSecret
 
 
 def _actor(request: HttpRequest) -> services.Actor:
@@ -103,6 +103,53 @@ class MembershipAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
         for membership in queryset:
             self.delete_model(request, membership)
+
+
+class SecretForm(forms.ModelForm):
+    value = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        max_length=secrets.MAX_VALUE_BYTES,
+        strip=False,
+        help_text="Write-only: stored encrypted and never shown again. Saving replaces it.",
+    )
+
+    class Meta:
+        model = ProjectSecret
+        fields = ["project", "name"]
+
+    def clean_name(self) -> str:
+        try:
+            return secrets.check_name(self.cleaned_data["name"])
+        except secrets.SecretError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.register(ProjectSecret)
+class ProjectSecretAdmin(admin.ModelAdmin):
+    """Names and dates only; a value is written through the form and never read back."""
+
+    form = SecretForm
+    list_display = ["name", "project", "created_by", "updated_at"]
+    list_filter = ["project"]
+    search_fields = ["name", "project__name"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["project", "name", "created_by", "created_at", "updated_at"] if obj else []
+
+    def save_model(self, request: HttpRequest, obj: ProjectSecret, form: Any, change: bool) -> None:
+        value = form.cleaned_data["value"]
+        saved = secrets.set_secret(_actor(request), obj.project, obj.name, value)
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: ProjectSecret) -> None:
+        try:
+            secrets.delete_secret(_actor(request), obj)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for secret in queryset:
+            self.delete_model(request, secret)
 
 
 @admin.register(ApiToken)

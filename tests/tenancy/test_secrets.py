@@ -84,3 +84,25 @@ def test_a_spec_refers_to_secrets_by_name_and_the_job_shows_only_the_name(api, c
         "/api/v1/jobs/", {**spec, "env": {"T": {"secret": "a", "b": 1}}}, "json"
     )
     assert malformed.status_code == 400 and "env" in malformed.json()
+
+
+def test_the_admin_writes_a_secret_and_never_shows_it(cast, client):
+    client.force_login(cast.olga)
+    added = client.post(
+        "/admin/tenancy/projectsecret/add/",
+        {"project": cast.alpha.pk, "name": "wandb", "value": VALUE},
+    )
+    assert added.status_code == 302, added.content.decode()[:2000]
+    secret = ProjectSecret.objects.get(project=cast.alpha, name="wandb")
+    assert secrets.reveal(cast.alpha.pk, {"wandb"}) == {"wandb": VALUE}
+    for page in (
+        "/admin/tenancy/projectsecret/",
+        f"/admin/tenancy/projectsecret/{secret.pk}/change/",
+    ):
+        response = client.get(page)
+        assert response.status_code == 200 and VALUE not in response.content.decode()
+    bad = client.post(
+        "/admin/tenancy/projectsecret/add/", {"project": cast.alpha.pk, "name": "a b"}
+    )
+    assert bad.status_code == 200 and ProjectSecret.objects.count() == 1
+    assert AuditEvent.objects.filter(action="secret.created", actor=cast.olga).exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import models
+from django.shortcuts import get_object_or_404
 from rest_framework import permissions, viewsets
 from rest_framework.request import Request
 
@@ -91,3 +92,19 @@ class ProjectScopedViewSet(viewsets.GenericViewSet):
 
     def actor(self) -> Actor:
         return actor_for(self.request)
+
+
+class ProjectChildViewSet(ProjectScopedViewSet):
+    """Base for objects listed under ``/projects/{project_pk}/...`` (members, secrets):
+    the project comes from the URL, and one you are not in answers 404."""
+
+    def get_project(self) -> Project:
+        if not hasattr(self, "_project"):
+            visible = scope_to_user(Project.objects.all(), self.request.user, "")
+            self._project = get_object_or_404(visible, pk=self.kwargs["project_pk"])
+        return self._project
+
+    def get_queryset(self) -> models.QuerySet:
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset.none()
+        return super().get_queryset().filter(project=self.get_project())

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from controlplane.tenancy import secrets
-from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
+from controlplane.tenancy.api.base import ProjectChildViewSet
 from controlplane.tenancy.api.common import StrictSerializer
-from controlplane.tenancy.models import Project, ProjectSecret, Role
+from controlplane.tenancy.models import ProjectSecret, Role
 
 
 class SecretSerializer(serializers.ModelSerializer):
@@ -56,7 +55,7 @@ class SecretViewSet(
     mixins.CreateModelMixin,
     mixins.UpdateModelMixin,
     mixins.DestroyModelMixin,
-    ProjectScopedViewSet,
+    ProjectChildViewSet,
 ):
     """A project's secrets. A spec refers to one by name (``env: {HF_TOKEN: {secret: hf}}``);
     its value reaches that job's environment only."""
@@ -72,17 +71,6 @@ class SecretViewSet(
         "partial_update": Role.ADMIN,
         "destroy": Role.ADMIN,
     }
-
-    def get_project(self) -> Project:
-        if not hasattr(self, "_project"):
-            visible = scope_to_user(Project.objects.all(), self.request.user, "")
-            self._project = get_object_or_404(visible, pk=self.kwargs["project_pk"])
-        return self._project
-
-    def get_queryset(self) -> Any:
-        if getattr(self, "swagger_fake_view", False):
-            return ProjectSecret.objects.none()
-        return super().get_queryset().filter(project=self.get_project())
 
     def get_serializer_class(self) -> type:
         if self.action == "create":

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from controlplane.tenancy import services
-from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
+from controlplane.tenancy.api.base import ProjectChildViewSet, ProjectScopedViewSet
 from controlplane.tenancy.api.serializers import (
     MembershipSerializer,
     MembershipUpdateSerializer,
@@ -64,7 +63,7 @@ class MemberViewSet(
     mixins.CreateModelMixin,
     mixins.UpdateModelMixin,
     mixins.DestroyModelMixin,
-    ProjectScopedViewSet,
+    ProjectChildViewSet,
 ):
     """Members of a project and their roles; project admins add, change and remove them."""
 
@@ -79,18 +78,6 @@ class MemberViewSet(
         "partial_update": Role.ADMIN,
         "destroy": Role.ADMIN,
     }
-
-    def get_project(self) -> Project:
-        if not hasattr(self, "_project"):
-            pk = self.kwargs["project_pk"]
-            visible = scope_to_user(Project.objects.all(), self.request.user, "")
-            self._project = get_object_or_404(visible, pk=pk)
-        return self._project
-
-    def get_queryset(self) -> Any:
-        if getattr(self, "swagger_fake_view", False):
-            return Membership.objects.none()
-        return super().get_queryset().filter(project=self.get_project())
 
     def get_serializer_class(self) -> type:
         if self.action in ("update", "partial_update"):
