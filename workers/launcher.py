@@ -65,10 +65,12 @@ def is_loopback(address: str) -> bool:
 
 
 def build_command(
-    plan: NodePlan, master: tuple[str, int] | None, python: str | None = None
+    plan: NodePlan, master: tuple[str, int] | None, python: str | None = None, image: bool = False
 ) -> list[str]:
     """The argv to run: the entrypoint itself, or under torchrun for several processes.
-    ``python``: the interpreter (the node's environment's; the worker's by default)."""
+    ``python``: the interpreter (the node's environment's; the worker's by default).
+    ``image``: a program that is not Python is the image's (found on its PATH), not a file
+    of the job's code."""
     python = python or sys.executable
     entry = plan.entrypoint
     if entry[0] in PYTHONS and entry[1] == "-m":
@@ -83,7 +85,7 @@ def build_command(
             return [python, "-m", target, *args]
         if kind == "script":
             return [python, target, *args]
-        return [str(Path(plan.work_dir) / target), *args]
+        return [target if image else str(Path(plan.work_dir) / target), *args]
     torchrun = [
         python,
         "-m",
@@ -99,7 +101,8 @@ def build_command(
         return [*torchrun, "-m", target, *args]
     if kind == "script":
         return [*torchrun, target, *args]
-    return [*torchrun, "--no-python", str(Path(plan.work_dir) / target), *args]
+    program = target if image else str(Path(plan.work_dir) / target)
+    return [*torchrun, "--no-python", program, *args]
 
 
 def build_env(
@@ -289,7 +292,7 @@ class NodeRun:
             self._log(f"[environment] image {image} ({containers.describe()})\n")
             env = build_env(plan, master, events, sandboxed=True, sdk_root="/opt/cp")
             env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-            command = build_command(plan, master, python="python")
+            command = build_command(plan, master, python="python", image=True)
             self.container = f"cp-job{plan.job_id}-a{plan.attempt}-n{plan.rank}"
             run = containers.run_argv(
                 image,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -216,17 +217,49 @@ def test_the_stacks_processes_do_not_carry_the_admin_password(stack):
     assert mode == 0o700 and (stack.var_dir / "secret_key").stat().st_mode & 0o077 == 0
 
 
-def test_an_image_job_is_refused_where_no_host_runs_containers(stack):
+def _container_hosts(stack) -> list[str]:
     workers = stack.api.get("/api/v1/workers/").json()["results"]
-    if any(w["container_runtime"] for w in workers):
-        pytest.skip(f"a host here runs containers: {[w['container_runtime'] for w in workers]}")
+    assert all(w["sandbox"] == "bwrap" for w in workers), workers
+    return [w["container_runtime"] for w in workers if w["container_runtime"]]
+
+
+def test_an_image_job_is_refused_where_no_host_runs_containers(stack):
+    if runtimes := _container_hosts(stack):
+        pytest.skip(f"hosts here run containers ({runtimes}): the image test runs instead")
     response = stack.api.post(
         "/api/v1/jobs/",
         json={"name": "img", "entrypoint": ["python", "x.py"], "environment": {"image": "x:1"}},
     )
     assert response.status_code == 400
     assert "needs a worker host with a container runtime" in response.text
-    assert all(w["sandbox"] == "bwrap" for w in workers), workers
+
+
+def test_an_image_job_runs_in_its_image(stack, tmp_path):
+    if not _container_hosts(stack):
+        pytest.skip("no host here can start a container (podman or docker; see the inventory)")
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox (Debian's busybox-static) is needed to make a local image")
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(busybox, root / "bin" / "busybox")
+    (root / "bin" / "sh").symlink_to("busybox")
+    runtime = shutil.which("podman") or shutil.which("docker")
+    tar = tmp_path / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
+    subprocess.run([runtime, "import", str(tar), "localhost/cp-test-busybox:1"], check=True)
+    submitted = submit(
+        stack,
+        name="image",
+        entrypoint=["sh", "-c", "echo hello from the image; /bin/busybox id -u"],
+        environment={"image": "localhost/cp-test-busybox:1"},
+    )
+    done = wait_state(stack, submitted["id"], TERMINAL, timeout=120)
+    output = logs(stack, submitted["id"])
+    assert done["state"] == "SUCCEEDED", output
+    assert "hello from the image" in output
+    [attempt] = attempts(stack, submitted["id"])
+    assert attempt["environment"]["kind"] == "image"
 
 
 def test_an_unmodified_hugging_face_trainer_script_runs_as_a_two_process_job(stack):
