@@ -35,8 +35,13 @@ class AttemptPrincipal:
     is_active: bool = True
     is_staff: bool = False
     is_superuser: bool = False
-    pk: None = None
-    id: None = None
+
+    @property
+    def pk(self) -> str:
+        """Its own identity (the per-user throttle keys on it): never a user's id."""
+        return f"attempt-node-{self.node.pk}"
+
+    id = pk
 
     @property
     def username(self) -> str:

@@ -8,7 +8,6 @@ expired), so a job never has processes of two attempts at once.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import shutil
@@ -24,6 +23,7 @@ from django.utils import timezone
 
 from jobs import events, signals, storage
 from jobs.attempt_auth import ATTEMPT_TOKEN_PREFIX
+from jobs.attempt_auth import digest as attempt_token_digest
 from jobs.models import Attempt, AttemptNode, Job, NodeState, Reservation
 from jobs.states import ATTEMPT_LIVE, AttemptState, JobState, StopReason
 
@@ -94,7 +94,7 @@ def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
             claim=claim,
             claimed_at=now,
             lease_expires_at=lease_until(now),
-            token_digest=hashlib.sha256(token.encode()).hexdigest(),
+            token_digest=attempt_token_digest(token),
         )
         if claimed != 1:
             return None

@@ -25,6 +25,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from rest_framework import serializers
 
+from controlplane.tenancy import secrets
 from controlplane.tenancy.api.common import StrictSerializer
 from jobs.states import PRIORITY_BY_NAME
 
@@ -65,7 +66,6 @@ RESERVED_ENV = frozenset(
     }
 )
 RESERVED_ENV_PREFIXES = ("CP_", "TORCHELASTIC_")
-SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@+-]{0,254}$", re.IGNORECASE)
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -101,7 +101,7 @@ class EnvValueField(serializers.Field):
             return data
         if isinstance(data, dict) and list(data) == ["secret"]:
             name = data["secret"]
-            if not isinstance(name, str) or not SECRET_NAME.match(name):
+            if not isinstance(name, str) or not secrets.NAME.match(name):
                 self.fail("name")
             return {"secret": name}
         self.fail("invalid")

@@ -210,6 +210,9 @@ class NodeRun:
         self.plan: NodePlan | None = None
         self.proc: subprocess.Popen | None = None
         self.lines: queue.Queue[bytes | None] = queue.Queue()
+        self.builder: environments.Builder | None = None  # holds the node's environment
+        self.container = ""  # the node's container name, for an image job
+        self._alive_until = 0.0  # next lease renewal while the environment is prepared
 
     # --- start -------------------------------------------------------------------------
 
@@ -218,7 +221,6 @@ class NodeRun:
         if self.plan is None:
             return "not claimed (a duplicate start, or the attempt ended)"
         plan = self.plan
-        self.builder: environments.Builder | None = None
         try:
             master = self._rendezvous()
             if master is False:
@@ -339,6 +341,8 @@ class NodeRun:
         self._flush_logs([text.encode()])
 
     def _lease_now(self) -> lifecycle.Lease | None:
+        """Renew the node's lease now; None when the database is away (keep going until
+        the lease runs out)."""
         plan = self.plan
         assert plan is not None
         close_old_connections()
@@ -351,7 +355,7 @@ class NodeRun:
     def _keep_alive(self) -> bool:
         """Renew the lease while the environment is prepared; False: stop preparing."""
         now = time.monotonic()
-        if now < getattr(self, "_alive_until", 0.0):
+        if now < self._alive_until:
             return True
         self._alive_until = now + settings.JOB_LEASE_RENEW_INTERVAL
         lease = self._lease_now()
@@ -453,12 +457,7 @@ class NodeRun:
                 self._record_pids()
             if now >= renew_at:
                 renew_at = now + settings.JOB_LEASE_RENEW_INTERVAL
-                close_old_connections()
-                try:
-                    lease = lifecycle.renew(plan.node_id, plan.claim)
-                except Exception:  # the database is away: keep going until the lease runs out
-                    log.warning("lease renewal failed", exc_info=True)
-                    lease = None
+                lease = self._lease_now()
                 if lease is not None and not lease.held:
                     log.warning("node %s of attempt %s was fenced", plan.rank, plan.attempt_id)
                     self._hard_stop()
@@ -517,7 +516,7 @@ class NodeRun:
             self.proc.stdin.close()  # the lifeline: the guard SIGKILLs everything
         except OSError:
             pass
-        if getattr(self, "container", ""):
+        if self.container:
             containers.remove(self.container)
 
     def _flush_logs(self, lines: list[bytes]) -> None:

@@ -51,12 +51,13 @@ def set_secret(actor: Actor, project: Project, name: str, value: str) -> Project
     if not data or len(data) > MAX_VALUE_BYTES:
         raise Conflict(f"A secret's value must be 1 to {MAX_VALUE_BYTES} bytes.", "value")
     now = timezone.now()
+    ciphertext = _fernet().encrypt(data)
     secret, created = ProjectSecret.objects.update_or_create(
         project=project,
         name=name,
-        defaults={"ciphertext": _fernet().encrypt(data), "updated_at": now},
+        defaults={"ciphertext": ciphertext, "updated_at": now},
         create_defaults={
-            "ciphertext": _fernet().encrypt(data),
+            "ciphertext": ciphertext,
             "created_by": actor.user,
             "created_at": now,
             "updated_at": now,

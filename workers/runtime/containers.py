@@ -20,7 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from workers.runtime.sandbox import PROJECT_ROOT
 
 
 @lru_cache(maxsize=1)

@@ -196,7 +196,7 @@ class Builder:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             env = self._reuse(key, fd)
-            told = False
+            told = built = False
             while env is None:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,7 +212,10 @@ class Builder:
                         time.sleep(0.2)
                     continue
                 try:
-                    env = self._load(key) or self._build(key, request)
+                    env = self._load(key)  # built by another job while we waited
+                    if env is None:
+                        env = self._build(key, request)
+                        built = True
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_SH)  # from building it to using it
         except BaseException:
@@ -220,7 +223,8 @@ class Builder:
             raise
         self._lease_fd = fd
         os.utime(self.root / f"{key}.lock")  # last use, for the LRU collection
-        self.collect_garbage(keep=key)
+        if built:  # only a build makes the cache grow
+            self.collect_garbage(keep=key)
         return env
 
     def release(self) -> None:

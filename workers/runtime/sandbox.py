@@ -152,6 +152,7 @@ def hidden_paths() -> list[Path]:
         Path(settings.VAR_DIR),
         Path(settings.STORAGE_DIR),
         Path(settings.ENV_CACHE_DIR),
+        Path(settings.ENV_UV_CACHE_DIR),
         Path("/root"),
         Path("/home"),
         Path(os.path.expanduser("~")),

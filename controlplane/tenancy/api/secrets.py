@@ -25,26 +25,20 @@ class SecretSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class SecretWriteSerializer(StrictSerializer):
-    name = serializers.RegexField(
-        secrets.NAME,
-        max_length=63,
-        error_messages={"invalid": "Letters, digits, '.', '_' or '-', at most 63."},
-    )
-    value = serializers.CharField(
-        write_only=True,
-        trim_whitespace=False,
-        max_length=secrets.MAX_VALUE_BYTES,
-        style={"input_type": "password"},
-    )
-
-
 class SecretValueSerializer(StrictSerializer):
     value = serializers.CharField(
         write_only=True,
         trim_whitespace=False,
         max_length=secrets.MAX_VALUE_BYTES,
         style={"input_type": "password"},
+    )
+
+
+class SecretWriteSerializer(SecretValueSerializer):
+    name = serializers.RegexField(
+        secrets.NAME,
+        max_length=63,
+        error_messages={"invalid": "Letters, digits, '.', '_' or '-', at most 63."},
     )
 
 
