@@ -410,12 +410,30 @@ JOB_LEASE_RENEW_INTERVAL = env_float(
 )
 JOB_START_TIMEOUT = env_float("CP_JOB_START_TIMEOUT", 120.0, minimum=1.0)
 JOB_STOP_GRACE_SECONDS = env_float("CP_JOB_STOP_GRACE_SECONDS", 30.0, minimum=0.0)
+# A job that failed restarts after a pause that doubles with each failure (a crash loop
+# does not spin): BACKOFF seconds before the first restart, at most BACKOFF_MAX.
+JOB_RESTART_BACKOFF = env_float("CP_JOB_RESTART_BACKOFF", 1.0, minimum=0.0)
+JOB_RESTART_BACKOFF_MAX = env_float("CP_JOB_RESTART_BACKOFF_MAX", 60.0, minimum=0.0)
 JOB_LOG_CAP_BYTES = env_int("CP_JOB_LOG_CAP_BYTES", 20 * 1024 * 1024, minimum=1024)
 MODEL_UPLOAD_MAX_BYTES = env_int("CP_MODEL_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1024)
 if JOB_LEASE_RENEW_INTERVAL * 2 > JOB_LEASE_SECONDS:
     raise ImproperlyConfigured(
         "CP_JOB_LEASE_RENEW_INTERVAL must be at most half of CP_JOB_LEASE_SECONDS."
     )
+
+# --- serving -------------------------------------------------------------------------------
+SERVING_REPLICA_MAX_RESTARTS = env_int("CP_SERVING_REPLICA_MAX_RESTARTS", 5, minimum=0)
+SERVING_RECONCILE_INTERVAL = env_float("CP_SERVING_RECONCILE_INTERVAL", 1.0, minimum=0.2)
+CELERY_BEAT_SCHEDULE["serving-reconcile"] = {
+    "task": "serving.reconcile",
+    "schedule": SERVING_RECONCILE_INTERVAL,
+    "options": {"expires": max(2.0, SERVING_RECONCILE_INTERVAL * 2), "queue": CONTROL_QUEUE},
+}
+# The gateway (/v1 on the web server, or `python -m serving.gateway`).
+GATEWAY_MAX_BODY_BYTES = env_int("CP_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+GATEWAY_COLD_START_TIMEOUT = env_float("CP_GATEWAY_COLD_START_TIMEOUT", 300.0, minimum=1.0)
+GATEWAY_RETRIES = env_int("CP_GATEWAY_RETRIES", 3, minimum=0, maximum=10)
+GATEWAY_REFRESH_SECONDS = env_float("CP_GATEWAY_REFRESH_SECONDS", 5.0, minimum=0.5)
 
 # --- telemetry -----------------------------------------------------------------------------
 TELEMETRY_ENABLED = env_bool("CP_TELEMETRY_ENABLED", True)

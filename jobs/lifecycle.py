@@ -25,7 +25,7 @@ from jobs import events, signals, storage
 from jobs.attempt_auth import ATTEMPT_TOKEN_PREFIX
 from jobs.attempt_auth import digest as attempt_token_digest
 from jobs.models import Attempt, AttemptNode, Job, NodeState, Reservation
-from jobs.states import ATTEMPT_LIVE, AttemptState, JobState, StopReason
+from jobs.states import ATTEMPT_LIVE, AttemptState, JobKind, JobState, StopReason
 
 log = logging.getLogger(__name__)
 TICK_TASK = "jobs.tick"
@@ -74,6 +74,9 @@ class NodePlan:
     checkpoint_dir: str
     work_dir: str
     environment: dict  # the spec's environment section ({} for the worker's own)
+    kind: str = JobKind.TRAINING
+    mounts: list[str] | None = None  # server paths the workload may read
+    service_key: str = ""  # a service (replica) requires it from its callers
 
 
 def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
@@ -81,6 +84,7 @@ def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
     now = timezone.now()
     claim = uuid.uuid4().hex
     token = ATTEMPT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    service_key = secrets.token_urlsafe(24)
     with transaction.atomic():
         claimed = AttemptNode.objects.filter(
             attempt_id=attempt_id,
@@ -95,6 +99,9 @@ def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
             claimed_at=now,
             lease_expires_at=lease_until(now),
             token_digest=attempt_token_digest(token),
+            service_key=service_key,
+            endpoint="",
+            ready_at=None,
         )
         if claimed != 1:
             return None
@@ -135,6 +142,9 @@ def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
         checkpoint_dir=str(storage.checkpoint_root(job.pk)),
         work_dir=str(storage.work_dir(job.pk, attempt.number, rank)),
         environment=dict((job.spec or {}).get("environment") or {}),
+        kind=job.kind,
+        mounts=list(job.mounts or []),
+        service_key=service_key if job.kind == JobKind.REPLICA else "",
     )
 
 
@@ -169,6 +179,30 @@ def set_pid(node_id: int, claim: str, pid: int) -> None:
 def set_pids(node_id: int, claim: str, pids: list[int]) -> None:
     """The processes of the node's job (for per-process GPU telemetry attribution)."""
     AttemptNode.objects.filter(pk=node_id, claim=claim).update(pids=sorted(pids))
+
+
+def record_ready(node_id: int, claim: str, endpoint: str, info: dict | None = None) -> bool:
+    """A service node's workload is ready for traffic at ``endpoint`` (fenced by the claim);
+    its watchers hear of it after commit (``signals.node_ready``)."""
+    with transaction.atomic():
+        done = AttemptNode.objects.filter(
+            pk=node_id, claim=claim, state=NodeState.RUNNING, attempt__state__in=ATTEMPT_LIVE
+        ).update(endpoint=endpoint[:255], ready_at=timezone.now(), ready_info=info or {})
+        if not done:
+            return False
+        job_id = AttemptNode.objects.filter(pk=node_id).values_list("attempt__job_id", flat=True)[0]
+        transaction.on_commit(
+            lambda: signals.node_ready.send(sender=AttemptNode, job_id=job_id, node_id=node_id)
+        )
+    return True
+
+
+def restart_backoff(restarts: int) -> float:
+    """Seconds a job waits before its ``restarts``-th restart after a failure: doubling
+    from ``CP_JOB_RESTART_BACKOFF``, at most ``CP_JOB_RESTART_BACKOFF_MAX``."""
+    if restarts <= 1:
+        return 0.0 if restarts < 1 else settings.JOB_RESTART_BACKOFF
+    return min(settings.JOB_RESTART_BACKOFF_MAX, settings.JOB_RESTART_BACKOFF * 2 ** (restarts - 1))
 
 
 @dataclass
@@ -262,6 +296,12 @@ def _finalize(attempt: Attempt, state: str, now) -> None:
         attempt.exit_code = 0
     attempt.save(update_fields=["state", "finished_at", "exit_code"])
     Reservation.objects.filter(attempt=attempt).delete()
+    job_id, attempt_id = attempt.job_id, attempt.pk
+    transaction.on_commit(
+        lambda: signals.attempt_finished.send(
+            sender=Attempt, job_id=job_id, attempt_id=attempt_id, state=state
+        )
+    )
     job = Job.objects.select_for_update().get(pk=attempt.job_id)
     if job.is_terminal():
         return
@@ -302,12 +342,17 @@ def _finalize(attempt: Attempt, state: str, now) -> None:
             reason=f"Stopped: it ran longer than its max_runtime of {job.max_runtime} s.",
         )
     elif job.restarts < job.max_restarts:
+        # A lost host is not the job's fault: place it again at once. A failure waits,
+        # doubling each time, so a crash loop does not spin.
+        delay = 0.0 if state == AttemptState.LOST else restart_backoff(job.restarts + 1)
+        wait = f" in {delay:g} s" if delay else ""
         fields = job.move_to(
             JobState.PENDING,
             restarts=job.restarts + 1,
+            not_before=now + timedelta(seconds=delay) if delay else None,
             reason=(
                 f"Attempt {attempt.number} {state.lower()}: {attempt.reason or 'no reason'}; "
-                f"restart {job.restarts + 1} of {job.max_restarts}."
+                f"restart {job.restarts + 1} of {job.max_restarts}{wait}."
             )[:300],
         )
     else:

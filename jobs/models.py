@@ -18,6 +18,7 @@ from controlplane.tenancy.models import Project
 from jobs.states import (
     JOB_TERMINAL,
     AttemptState,
+    JobKind,
     JobState,
     Priority,
     StopReason,
@@ -31,6 +32,7 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=JobKind.choices, default=JobKind.TRAINING)
     spec = models.JSONField(help_text="The validated spec, as submitted (normalized).")
     entrypoint = models.JSONField(help_text="argv list")
     args = models.JSONField(default=list)
@@ -47,6 +49,15 @@ class Job(models.Model):
     checkpoint_keep = models.PositiveIntegerField(default=3)
     image = models.CharField(
         max_length=255, blank=True, help_text="Container image (spec environment.image), if any."
+    )
+    mounts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Server paths its processes may read (a model version's directory); set by "
+        "the control plane, never by a spec.",
+    )
+    not_before = models.DateTimeField(
+        null=True, blank=True, help_text="A restarting job waits until then (backoff)."
     )
 
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
@@ -156,6 +167,14 @@ class AttemptNode(models.Model):
     pids = models.JSONField(
         default=list, blank=True, help_text="The job's processes on this host (for telemetry)."
     )
+    endpoint = models.CharField(
+        max_length=255, blank=True, help_text="Where a service workload answers, once ready."
+    )
+    service_key = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="The key its callers must send."
+    )
+    ready_at = models.DateTimeField(null=True, blank=True)
+    ready_info = models.JSONField(default=dict, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     exit_code = models.IntegerField(null=True, blank=True)

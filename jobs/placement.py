@@ -44,6 +44,7 @@ class Running:
     started: float
     stopping: bool
     devices: dict[int, tuple[int, int]]  # host id -> (gpus, slots) it holds there
+    kind: str = "training"
 
 
 def load_hosts(now) -> dict[int, Host]:
@@ -88,10 +89,13 @@ def load_running() -> list[Running]:
         "attempt__job__gpus_per_node",
         "attempt__created_at",
         "attempt__stop_requested",
+        "attempt__job__kind",
         "worker_id",
         "kind",
     )
-    for attempt_id, job_id, project_id, prio, nodes, gpn, created, stop, worker_id, kind in rows:
+    for row in rows:
+        attempt_id, job_id, project_id, prio, nodes, gpn, created, stop, job_kind = row[:9]
+        worker_id, kind = row[9:]
         run = attempts.get(attempt_id)
         if run is None:
             run = attempts[attempt_id] = Running(
@@ -103,6 +107,7 @@ def load_running() -> list[Running]:
                 started=created.timestamp(),
                 stopping=bool(stop),
                 devices={},
+                kind=job_kind,
             )
         gpus, slots = run.devices.get(worker_id, (0, 0))
         run.devices[worker_id] = (gpus + (kind == Reservation.GPU), slots + (kind == "cpu"))
@@ -172,6 +177,7 @@ class Pending:
     procs_per_node: int
     reason: str
     image: str = ""
+    kind: str = "training"
 
     @property
     def gpus(self) -> int:

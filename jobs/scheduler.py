@@ -51,7 +51,7 @@ from jobs.placement import (
     reserve,
     victims,
 )
-from jobs.states import JobState, Priority, StopReason
+from jobs.states import JobKind, JobState, Priority, StopReason
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x6370_5343  # "cpSC": the advisory lock of a scheduling pass
@@ -93,7 +93,13 @@ def _ordered(jobs: list[Job], usage: dict[int, int]):
 
 
 def _quota_reason(job: Job, project: Project, gpus_used: int, jobs_running: int) -> str:
-    if project.max_concurrent_jobs is not None and jobs_running >= project.max_concurrent_jobs:
+    """Why a job must wait for its project's quota ('' when it need not). Serving replicas
+    count against the GPU quota, not the concurrent-jobs one."""
+    if (
+        project.max_concurrent_jobs is not None
+        and jobs_running >= project.max_concurrent_jobs
+        and job.kind != JobKind.REPLICA
+    ):
         return (
             f"Waiting for quota: project {project.name} runs {jobs_running} of "
             f"{project.max_concurrent_jobs} concurrent jobs."
@@ -203,6 +209,7 @@ def schedule(now=None) -> Decision:
         pending = [
             Pending(*row)
             for row in Job.objects.filter(state=JobState.PENDING)
+            .exclude(not_before__gt=now)  # restarting after a failure: backing off
             .order_by("id")
             .values_list(
                 "id",
@@ -213,6 +220,7 @@ def schedule(now=None) -> Decision:
                 "procs_per_node",
                 "reason",
                 "image",
+                "kind",
             )
         ]
         if not pending:
@@ -223,7 +231,7 @@ def schedule(now=None) -> Decision:
         jobs_running: dict[int, int] = defaultdict(int)
         for run in running:
             gpus_used[run.project_id] += run.gpus
-            jobs_running[run.project_id] += 1
+            jobs_running[run.project_id] += run.kind != JobKind.REPLICA
             if run.stopping:
                 mark_stopping(run, hosts)
         projects = Project.objects.in_bulk({j.project_id for j in pending})
@@ -256,7 +264,7 @@ def schedule(now=None) -> Decision:
                 if chosen is not None:
                     placements.append(reserve(job, chosen))
                     gpus_used[job.project_id] += job.gpus
-                    jobs_running[job.project_id] += 1
+                    jobs_running[job.project_id] += job.kind != JobKind.REPLICA
                     continue
                 # Capacity only shrinks during a pass: this shape will not fit again.
                 failed_shapes.add(shape)

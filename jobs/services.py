@@ -288,3 +288,47 @@ def resubmit_job(actor: Actor, job: Job) -> Job:
         events.job_changed(copy)
         request_tick()
     return copy
+
+
+def create_internal_job(
+    actor: Actor,
+    project: Project,
+    *,
+    kind: str,
+    name: str,
+    entrypoint: list[str],
+    args: list[str],
+    gpus: int,
+    cpu_slots: int,
+    priority: int,
+    max_restarts: int,
+    mounts: list[str],
+    nodes: int = 1,
+    spec: dict | None = None,
+) -> Job:
+    """A job the control plane itself runs for a project (a serving replica, a batch
+    inference shard): same scheduler, quotas, leases and restarts as a user's job, but its
+    entrypoint is the control plane's own module and it may read ``mounts`` (paths the
+    caller checked, such as a model version's directory). Call inside a transaction."""
+    job = Job.objects.create(
+        project=project,
+        created_by=actor.user,
+        name=name[:100],
+        kind=kind,
+        spec=spec or {"kind": kind, "entrypoint": entrypoint, "args": args},
+        entrypoint=entrypoint,
+        args=args,
+        env={},
+        nodes=nodes,
+        gpus_per_node=gpus,
+        procs_per_node=cpu_slots if not gpus else 1,
+        priority=priority,
+        max_restarts=max_restarts,
+        mounts=mounts,
+        checkpoint_keep=1,
+        reason="Waiting for the scheduler.",
+    )
+    record(actor, "job.submitted", job, project=project, detail={"kind": kind, "spec": job.spec})
+    events.job_changed(job)
+    request_tick()
+    return job

@@ -4,3 +4,11 @@ from django.dispatch import Signal
 
 #: Sent after the commit that made a job SUCCEEDED; ``job_id`` is its id.
 job_succeeded = Signal()
+
+#: Sent after the commit that recorded a service node's endpoint (its workload said it is
+#: ready for traffic); ``job_id``, ``node_id``.
+node_ready = Signal()
+
+#: Sent after the commit that ended an attempt (any final state); ``job_id``,
+#: ``attempt_id``, ``state``.
+attempt_finished = Signal()

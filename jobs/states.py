@@ -43,6 +43,14 @@ _JOB_MOVES = {
 }
 
 
+class JobKind(models.TextChoices):
+    """What a job is. Users submit training jobs; the serving app creates the others."""
+
+    TRAINING = "training"  # a user's job: a script, a module, the recipes
+    REPLICA = "replica"  # a serving replica of a deployment: a port, a readiness event
+    BATCH = "batch"  # batch inference over a JSONL of prompts
+
+
 class AttemptState(models.TextChoices):
     SCHEDULED = "SCHEDULED"  # placed, GPUs reserved, start messages sent
     RUNNING = "RUNNING"  # at least one node's processes started

@@ -37,7 +37,7 @@ from controlplane.tenancy import secrets as project_secrets
 from jobs import lifecycle, outputs
 from jobs.lifecycle import NodePlan
 from jobs.spec import secret_refs
-from jobs.states import StopReason
+from jobs.states import JobKind, StopReason
 from workers import host
 from workers.runtime import containers, environments, sandbox
 
@@ -141,6 +141,7 @@ def build_env(
             "CP_ATTEMPT_ID": str(plan.attempt_id),
             "CP_ATTEMPT": str(plan.attempt),
             "CP_NODE_RANK": str(plan.rank),
+            "CP_NODES": str(plan.nodes),
             "CP_ATTEMPT_TOKEN": plan.token,
             "CP_CHECKPOINT_DIR": plan.checkpoint_dir,
             "CP_EVENTS_FILE": str(events_file),
@@ -150,6 +151,13 @@ def build_env(
     )
     if plan.resume_from:
         env["CP_RESUME_FROM"] = plan.resume_from
+    if plan.kind == JobKind.REPLICA:
+        # A service: it binds this host's address (the gateway reaches it there) and
+        # answers only callers that send its key; models are local files, never fetched.
+        env["CP_BIND_HOST"] = host.reachable_address(settings.BROKER_URL)
+        env["CP_SERVING_API_KEY"] = plan.service_key
+    if plan.kind != JobKind.TRAINING:
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if master is None:  # what torchrun would have set for a world of one
         env.update(
             {
@@ -213,6 +221,7 @@ class NodeRun:
         self.builder: environments.Builder | None = None  # holds the node's environment
         self.container = ""  # the node's container name, for an image job
         self._alive_until = 0.0  # next lease renewal while the environment is prepared
+        self.error = ""  # what the workload said went wrong (an SDK "error" event)
 
     # --- start -------------------------------------------------------------------------
 
@@ -264,7 +273,8 @@ class NodeRun:
         finally:
             self._release()
         if not outcome.fenced:
-            lifecycle.finish_node(plan.node_id, plan.claim, outcome.exit_code)
+            detail = f"node {plan.rank}: {self.error}" if self.error and outcome.exit_code else ""
+            lifecycle.finish_node(plan.node_id, plan.claim, outcome.exit_code, detail)
         return f"exited {outcome.exit_code}" + (" (fenced)" if outcome.fenced else "")
 
     # --- the workload runtime ------------------------------------------------------------
@@ -326,12 +336,16 @@ class NodeRun:
         # -S: the guard needs only the standard library; skipping site saves a good part
         # of its start-up time. It runs inside the sandbox, above the workload.
         guarded = [sys.executable, "-S", "-m", "workers.guard", "--", *command]
+        mounts = [Path(p) for p in plan.mounts or [] if Path(p).is_absolute()]
         layout = sandbox.Layout(
             work_dir=work,
             writable=[ckpt],
-            readable=[venv] if venv else [],
+            readable=([venv] if venv else []) + mounts,
+            # Serving workloads run the control plane's own engine (serving/).
+            packages=["serving"] if plan.kind != JobKind.TRAINING else [],
             gpu_indices=plan.gpu_indices,
-            private_network=plan.nodes == 1,
+            # A replica must be reachable from the gateway: the host network.
+            private_network=plan.nodes == 1 and plan.kind != JobKind.REPLICA,
             hostname=f"job{plan.job_id}-node{plan.rank}",
             uid=uid,
         )
@@ -373,7 +387,9 @@ class NodeRun:
         False when the attempt was stopped while waiting."""
         plan = self.plan
         assert plan is not None
-        if plan.nodes == 1 and plan.procs_per_node == 1:
+        if plan.kind != JobKind.TRAINING or (plan.nodes == 1 and plan.procs_per_node == 1):
+            # One process per node: serving workloads hold several CPU slots as threads,
+            # and batch shards need no rendezvous.
             return None
         if plan.rank == 0:
             address = (
@@ -545,6 +561,10 @@ class NodeRun:
                     outputs.record_model(
                         plan.job_id, str(event["path"]), event.get("metrics") or {}
                     )
+                elif event.get("type") == "ready" and plan.kind == JobKind.REPLICA:
+                    self._ready(int(event["port"]), event.get("info") or {})
+                elif event.get("type") == "error":
+                    self.error = str(event.get("message") or "")[:250]
                 elif event.get("type") == "checkpoint":
                     outputs.record_checkpoint(
                         plan.job_id,
@@ -555,3 +575,15 @@ class NodeRun:
                     )
             except (KeyError, TypeError, ValueError):
                 log.info("ignored a malformed SDK event: %r", event)
+
+    def _ready(self, port: int, info: dict) -> None:
+        """The replica listens on ``port`` of this host: its endpoint. The address is this
+        host's own, never one the workload names."""
+        plan = self.plan
+        assert plan is not None
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+        address = host.reachable_address(settings.BROKER_URL)
+        shown = f"[{address}]" if ":" in address else address
+        keep = {k: v for k, v in info.items() if isinstance(v, int | float | str)}
+        lifecycle.record_ready(plan.node_id, plan.claim, f"http://{shown}:{port}", keep)

@@ -37,6 +37,11 @@ class Project(models.Model):
     max_concurrent_jobs = models.PositiveIntegerField(
         null=True, blank=True, help_text="Jobs running at once; empty: no limit."
     )
+    max_requests_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Gateway requests per minute to this project's deployments; empty: no limit.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

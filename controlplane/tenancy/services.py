@@ -111,7 +111,7 @@ def require_role(actor: Actor, project: Project, needed: str) -> None:
 
 # --- projects ------------------------------------------------------------------------------
 
-PROJECT_FIELDS = ("description", "max_gpus", "max_concurrent_jobs")
+PROJECT_FIELDS = ("description", "max_gpus", "max_concurrent_jobs", "max_requests_per_minute")
 
 
 @transaction.atomic
@@ -122,6 +122,7 @@ def create_project(
     description: str = "",
     max_gpus: int | None = None,
     max_concurrent_jobs: int | None = None,
+    max_requests_per_minute: int | None = None,
 ) -> Project:
     """Create a project; the creating user becomes its admin."""
     if actor.user is not None and not actor.user.is_staff:
@@ -135,6 +136,7 @@ def create_project(
                 description=description,
                 max_gpus=max_gpus,
                 max_concurrent_jobs=max_concurrent_jobs,
+                max_requests_per_minute=max_requests_per_minute,
                 created_by=actor.user,
             )
     except IntegrityError:

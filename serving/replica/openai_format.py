@@ -14,41 +14,12 @@ import time
 import uuid
 from typing import Any
 
-from starlette.responses import JSONResponse
-
 from serving.engine.sampling import TokenLogprob
+from serving.replica.errors import ERROR_TYPES, error_body, error_response, sse_error
+
+__all__ = ["ERROR_TYPES", "error_body", "error_response", "sse_error"]
 
 DONE = b"data: [DONE]\n\n"
-
-ERROR_TYPES = {
-    400: ("invalid_request_error", None),
-    401: ("invalid_request_error", "invalid_api_key"),
-    404: ("invalid_request_error", "model_not_found"),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "request_too_large"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
-    500: ("server_error", "internal_error"),
-    503: ("service_unavailable_error", "service_unavailable"),
-    504: ("timeout_error", "timeout"),
-}
-
-
-def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    kind, code = ERROR_TYPES.get(status, ("server_error", None))
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def error_response(
-    status: int,
-    message: str,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param), status_code=status, headers=headers)
-
-
-def sse_error(status: int, message: str) -> bytes:
-    return b"data: " + json.dumps(error_body(status, message)).encode() + b"\n\n"
 
 
 def new_id(prefix: str) -> str:

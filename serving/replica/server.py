@@ -39,7 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", required=True, help="Hugging Face model directory (safetensors)")
     p.add_argument("--served-model-name", help="name clients use (default: the directory name)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get("CP_BIND_HOST", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1; under the control plane, env CP_BIND_HOST)",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--quantization", default="none", choices=MODES)
@@ -104,9 +108,25 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 
 def emit(event: dict[str, Any]) -> None:
-    """One machine-readable line on stdout."""
+    """One machine-readable line on stdout; under the control plane, readiness and errors
+    also go to its events file (``CP_EVENTS_FILE``), which its worker reads."""
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
+    path = os.environ.get("CP_EVENTS_FILE")
+    kind = event.get("event")
+    if not path or kind not in ("ready", "error"):
+        return
+    if kind == "ready":
+        info = {k: v for k, v in event.items() if k not in ("event", "host", "port", "url")}
+        record = {"type": "ready", "port": event["port"], "info": info}
+    else:
+        record = {"type": "error", "message": event.get("message", "")}
+    line = json.dumps({"v": 1, "time": time.time(), **record}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write on an O_APPEND descriptor: a whole line
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def bind(host: str, port: int) -> socket.socket:

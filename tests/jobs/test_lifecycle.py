@@ -60,11 +60,21 @@ def test_success_frees_the_devices(cpu_host, submit):
     assert Reservation.objects.count() == 0
 
 
-def test_a_job_that_always_crashes_ends_failed_after_max_restarts(cpu_host, submit):
+def test_a_job_that_always_crashes_ends_failed_after_max_restarts(cpu_host, submit, settings):
+    settings.JOB_RESTART_BACKOFF = 2.0
+    settings.JOB_RESTART_BACKOFF_MAX = 3.0
     job = submit(max_restarts=2)
+    waits = []
     for _ in range(3):
         plan = claim(place(job)[0])
         lifecycle.finish_node(plan.node_id, plan.claim, 1)
+        job.refresh_from_db()
+        if job.state == JobState.PENDING:
+            # A crash loop does not spin: the restart waits, doubling up to the cap.
+            assert scheduler.schedule().placed == [] and " s" in job.reason
+            waits.append(round((job.not_before - timezone.now()).total_seconds()))
+            Job.objects.filter(pk=job.pk).update(not_before=timezone.now())
+    assert waits == [2, 3]
     job.refresh_from_db()
     assert job.state == JobState.FAILED and job.restarts == 2
     assert "no restarts left" in job.reason and job.exit_code == 1

@@ -57,6 +57,7 @@ class Layout:
     work_dir: Path
     writable: list[Path] = field(default_factory=list)  # besides the working directory
     readable: list[Path] = field(default_factory=list)  # besides the Python environment
+    packages: list[str] = field(default_factory=list)  # more top-level packages of the checkout
     gpu_indices: list[int] = field(default_factory=list)
     private_network: bool = True
     hostname: str = "cp-job"
@@ -138,10 +139,11 @@ def _python_roots() -> list[Path]:
     return sorted(roots)
 
 
-def _importable_packages() -> list[Path]:
+def _importable_packages(extra: list[str] | None = None) -> list[Path]:
     """Top-level packages of the checkout that a job may import: the SDK and recipes
-    (``workers``) and those named by ``CP_JOB_BUILTIN_MODULES``."""
-    names = {"workers"} | {m.split(".")[0] for m in settings.JOB_BUILTIN_MODULES if m}
+    (``workers``), those named by ``CP_JOB_BUILTIN_MODULES`` and ``extra``."""
+    names = {"workers", *(extra or [])}
+    names |= {m.split(".")[0] for m in settings.JOB_BUILTIN_MODULES if m}
     return sorted(PROJECT_ROOT / n for n in names if (PROJECT_ROOT / n).is_dir())
 
 
@@ -198,7 +200,8 @@ def wrap(argv: list[str], layout: Layout) -> list[str]:
             out += ["--perms", "0755", "--dir", str(parent)]
         return out
 
-    for path in sorted({*_python_roots(), *_importable_packages(), *layout.readable}):
+    packages = _importable_packages(layout.packages)
+    for path in sorted({*_python_roots(), *packages, *layout.readable}):
         if path.exists():
             cmd += [*parents(path), "--ro-bind", str(path), str(path)]
     for path in sorted({layout.work_dir, *layout.writable}):

@@ -25,6 +25,9 @@ class ProjectSerializer(StrictModelSerializer):
     max_concurrent_jobs = serializers.IntegerField(
         min_value=0, max_value=MAX_QUOTA, allow_null=True, required=False
     )
+    max_requests_per_minute = serializers.IntegerField(
+        min_value=1, max_value=MAX_QUOTA * 60, allow_null=True, required=False
+    )
 
     class Meta:
         model = Project
@@ -34,6 +37,7 @@ class ProjectSerializer(StrictModelSerializer):
             "description",
             "max_gpus",
             "max_concurrent_jobs",
+            "max_requests_per_minute",
             "role",
             "created_at",
             "updated_at",
