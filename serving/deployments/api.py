@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
 from controlplane.tenancy.api.common import StrictSerializer
 from controlplane.tenancy.models import Project
+from jobs.states import PRIORITY_BY_NAME, Priority
 from serving.deployments import config as flags
 from serving.deployments import services, stats
 from serving.models import (
@@ -80,7 +81,11 @@ class DeploymentWriteSerializer(StrictSerializer):
     max_replicas = serializers.IntegerField(
         min_value=1, max_value=services.MAX_REPLICAS, required=False
     )
-    priority = serializers.IntegerField(min_value=0, max_value=1000, required=False)
+    priority = serializers.ChoiceField(
+        choices=list(PRIORITY_BY_NAME),
+        required=False,
+        help_text="As a job's: high preempts normal and low training jobs to place a replica.",
+    )
     autoscaling = AutoscalingSerializer(required=False)
     canary = CanarySerializer(required=False, allow_null=True)
     locals().update(_flag_fields(flags.RESOURCE_FLAGS))
@@ -152,6 +157,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     config = serializers.SerializerMethodField()
     replica_set = serializers.SerializerMethodField()
     stats = serializers.SerializerMethodField()
+    priority = serializers.SerializerMethodField()
 
     class Meta:
         model = Deployment
@@ -162,6 +168,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = fields
+
+    def get_priority(self, obj: Deployment) -> str:
+        return Priority(obj.priority).label
 
     def get_model(self, obj: Deployment) -> str:
         return obj.revision.model_version.model.name if obj.revision else ""
@@ -272,7 +281,7 @@ class DeploymentViewSet(
             version=version,
             min_replicas=low,
             max_replicas=high if high is not None else max(low, 1),
-            priority=data.get("priority", 1),
+            priority=PRIORITY_BY_NAME[data.get("priority", "normal")],
             autoscaling=data.get("autoscaling"),
             config=_config_of(data),
         )
@@ -290,9 +299,11 @@ class DeploymentViewSet(
                     {fixed: ["This cannot change; create another deployment."]}
                 )
         changes: dict[str, Any] = {}
-        for key in ("replicas", "min_replicas", "max_replicas", "priority", "autoscaling"):
+        for key in ("replicas", "min_replicas", "max_replicas", "autoscaling"):
             if key in data:
                 changes[key] = data[key]
+        if "priority" in data:
+            changes["priority"] = PRIORITY_BY_NAME[data["priority"]]
         model = data.get("model") or (dep.revision.model_version.model.name if dep.revision else "")
         if "version" in data or "model" in data:
             changes["version"] = services.resolve_version(dep.project, model, data.get("version"))

@@ -41,6 +41,7 @@ def decide(
     memory = dict(memory)
     if ongoing > 0 or served > 0 or woken:
         memory["busy_at"] = now
+    memory.setdefault("busy_at", now)  # idle time counts from the first pass
     if current == 0:
         if woken:
             return Decision(max(1, low), {"busy_at": now}, "a request arrived while scaled to zero")

@@ -55,6 +55,7 @@ class Endpoint:
     url: str
     key: str
     revision_id: int
+    revision: int = 0  # its number, shown to clients as X-CP-Revision
 
 
 @dataclass
@@ -116,11 +117,11 @@ def load_table() -> dict[int, dict[str, Route]]:
     replicas = Replica.objects.filter(
         job_id__in=list(nodes), deployment_id__in=list(routes)
     ).exclude(state__in=[ReplicaState.DRAINING, ReplicaState.STOPPED, ReplicaState.FAILED])
-    for pk, number, dep_id, rev_id, job_id in replicas.values_list(
-        "pk", "number", "deployment_id", "revision_id", "job_id"
+    for pk, number, dep_id, rev_id, rev, job_id in replicas.values_list(
+        "pk", "number", "deployment_id", "revision_id", "revision__number", "job_id"
     ):
         url, key = nodes[job_id]
         routes[dep_id].endpoints.append(
-            Endpoint(replica_id=pk, number=number, url=url, key=key, revision_id=rev_id)
+            Endpoint(pk, number, url, key, revision_id=rev_id, revision=rev)
         )
     return table

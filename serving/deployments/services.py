@@ -78,7 +78,14 @@ def _check_config(config: dict[str, Any], project: Project) -> None:
         errors.update(flags.engine_errors({"quantization": config["quantization"]}, 0))
     if errors:
         raise ValidationError({k: [v] for k, v in errors.items()})
-    check_feasible(1, gpus, int(config["cpus_per_replica"]), project)
+    try:
+        check_feasible(1, gpus, int(config["cpus_per_replica"]), project)
+    except ValidationError as exc:  # said of a job: say it of the replica's field
+        field = "gpus_per_replica" if gpus else "cpus_per_replica"
+        detail = exc.detail if isinstance(exc.detail, dict) else {"": exc.detail}
+        messages = [str(m).replace("the job needs", "a replica needs")
+                    for v in detail.values() for m in (v if isinstance(v, list) else [v])]  # fmt: skip
+        raise ValidationError({field: messages}) from exc
 
 
 def _new_revision(

@@ -252,6 +252,8 @@ class Gateway:
                         router.take_out(endpoint)
                     continue
                 headers = {k: v for k, v in upstream.headers.items() if k in PASS_HEADERS}
+                headers["x-cp-replica"] = f"r{endpoint.number}"
+                headers["x-cp-revision"] = str(endpoint.revision)
                 if status == 429:
                     content = await upstream.aread()
                     await upstream.aclose()

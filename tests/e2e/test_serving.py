@@ -1,0 +1,426 @@
+"""Serving deployments end to end: the stack, two worker hosts, a tiny model registered
+through the API, replicas placed by the scheduler and reached through the gateway at
+``/v1/`` with the official ``openai`` client, while the tests kill replicas, roll out new
+revisions, split traffic to a canary, autoscale to zero and back, and borrow CPU slots from
+a low-priority training job.
+
+The tests of this module share one stack and run in order (each leaves the cluster empty
+for the next)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.e2e.stack import Stack
+from tests.e2e.test_jobs import TERMINAL, attempts, logs, wait_for, wait_state
+
+pytestmark = pytest.mark.e2e
+PROMPT = "The quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from serving.engine.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny"), "test", train_steps=40)
+
+
+@pytest.fixture(scope="module")
+def stack(model_dir: Path):
+    instance = Stack(
+        fake_gpus=0,
+        extra_env={
+            "CP_WORKER_CPU_SLOTS": "0",  # the stack's own worker runs control tasks only
+            "CP_JOB_LEASE_SECONDS": "4",
+            "CP_JOB_LEASE_RENEW_INTERVAL": "0.5",
+            "CP_WORKER_HEARTBEAT_INTERVAL": "0.5",
+            "CP_WORKER_OFFLINE_AFTER": "2",
+            "CP_JOB_START_TIMEOUT": "20",
+            "CP_JOB_STOP_GRACE_SECONDS": "10",
+            "CP_SCHEDULER_INTERVAL": "0.5",
+            "CP_JOB_RESTART_BACKOFF": "0.5",
+            "CP_SERVING_RECONCILE_INTERVAL": "0.5",
+            "CP_GATEWAY_REFRESH_SECONDS": "1",
+        },
+    )
+    try:
+        instance.start()
+        instance.wait_ready()
+        for name in ("w-a", "w-b"):
+            instance.start_worker(name)
+        minted = instance.manage("create_token", "admin", "--name", "e2e")
+        assert minted.returncode == 0, minted.stderr
+        instance.token = minted.stdout.strip()
+        instance.api = httpx.Client(
+            base_url=instance.url,
+            headers={"Authorization": f"Bearer {instance.token}"},
+            timeout=60,
+        )
+        wait_for(
+            lambda: (
+                {
+                    w["name"]
+                    for w in instance.api.get("/api/v1/workers/").json()["results"]
+                    if w["status"] == "online"
+                }
+                >= {"w-a", "w-b"}
+            ),
+            60,
+            "workers online",
+        )
+        model = instance.api.post("/api/v1/models/", json={"name": "tiny", "project": "default"})
+        assert model.status_code == 201, model.text
+        upload = instance.api.post(
+            f"/api/v1/models/{model.json()['id']}/versions/",
+            files={"archive": ("tiny.tar", _tar(model_dir), "application/x-tar")},
+        )
+        assert upload.status_code == 201, upload.text
+        yield instance
+    finally:
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path):
+    """Greedy continuations from Hugging Face's own generate (the engine must match)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+
+    def greedy(prompt: str, n: int) -> str:
+        ids = tokenizer(prompt).input_ids
+        with torch.inference_mode():
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=n,
+                do_sample=False,
+                pad_token_id=model.config.eos_token_id,
+            )
+        return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+    return greedy
+
+
+def _tar(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path in sorted(directory.iterdir()):
+            archive.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def deploy(stack: Stack, **body) -> dict:
+    response = stack.api.post(
+        "/api/v1/deployments/", json={"project": "default", "model": "tiny", **body}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def deployment(stack: Stack, dep_id: int) -> dict:
+    return stack.api.get(f"/api/v1/deployments/{dep_id}/").json()
+
+
+def events(stack: Stack, dep_id: int) -> str:
+    page = stack.api.get(f"/api/v1/deployments/{dep_id}/events/", params={"page_size": 500})
+    return "\n".join(e["message"] for e in reversed(page.json()["results"]))
+
+
+def wait_ready(stack: Stack, dep_id: int, timeout: float = 180, **want) -> dict:
+    """Until the deployment is READY with ``want`` (ready replicas per revision number)."""
+
+    def check():
+        dep = deployment(stack, dep_id)
+        ready = Counter(r["revision"] for r in dep["replica_set"] if r["state"] == "READY")
+        live = [r for r in dep["replica_set"] if r["state"] != "READY"]
+        wanted = {int(k[1:]): v for k, v in want.items()}
+        if dep["state"] == "READY" and (not wanted or (dict(ready) == wanted and not live)):
+            return dep
+        return None
+
+    try:
+        return wait_for(check, timeout, f"deployment {dep_id} to be ready with {want}", 0.5)
+    except AssertionError:
+        print(deployment(stack, dep_id), events(stack, dep_id), sep="\n")
+        for name in stack.workers:
+            print(f"--- {name}\n{stack.worker_log(name)[-3000:]}")
+        raise
+
+
+def delete(stack: Stack, dep_id: int) -> None:
+    assert stack.api.delete(f"/api/v1/deployments/{dep_id}/").status_code == 202
+    wait_for(
+        lambda: stack.api.get(f"/api/v1/deployments/{dep_id}/").status_code == 404,
+        60,
+        "the deployment to be gone",
+    )
+
+
+def gateway(stack: Stack, token: str | None = None) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"{stack.url}/v1",
+        headers={"Authorization": f"Bearer {token or stack.token}"},
+        timeout=60,
+    )
+
+
+class Load:
+    """Clients sending completions through the gateway until stopped; counts outcomes."""
+
+    def __init__(self, stack: Stack, model: str, clients: int = 3, max_tokens: int = 4):
+        self.stack, self.model, self.max_tokens = stack, model, max_tokens
+        self.ok = 0
+        self.failures: list[str] = []
+        self.revisions: Counter = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _run(self) -> None:
+        with gateway(self.stack) as client:
+            while not self._stop.is_set():
+                body = {"model": self.model, "prompt": PROMPT, "max_tokens": self.max_tokens}
+                try:
+                    response = client.post("/completions", json=body)
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                if response.status_code == 200 and response.json()["choices"][0]["text"]:
+                    self.ok += 1
+                    self.revisions[response.headers["x-cp-revision"]] += 1
+                else:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+
+
+def replica_processes(model: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "serving.replica" in cmd and model in cmd and "workers.guard" not in cmd:
+            found.append(proc)
+    return found
+
+
+def test_a_deployment_serves_the_openai_api_through_the_gateway(stack, reference):
+    from openai import NotFoundError, OpenAI
+
+    dep = deploy(stack, name="chat", replicas=2, cpus_per_replica=1, max_batch_size=8)
+    assert dep["state"] == "DEPLOYING" and dep["version"] == 1
+    dep = wait_ready(stack, dep["id"], r1=2)
+    assert len({r["endpoint"] for r in dep["replica_set"]}) == 2
+    assert {r["worker_name"] for r in dep["replica_set"]} <= {"w-a", "w-b"}
+    assert all(r["cold_start_seconds"] > 0 for r in dep["replica_set"])
+    # The replicas are jobs the scheduler placed: they hold CPU slots on the inventory.
+    job = stack.api.get(f"/api/v1/jobs/{dep['replica_set'][0]['job']}/").json()
+    assert job["state"] == "RUNNING"
+
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key=stack.token, max_retries=0)
+    assert "chat" in [m.id for m in client.models.list()]
+    done = client.completions.create(model="chat", prompt=PROMPT, max_tokens=12, temperature=0)
+    assert done.choices[0].text == reference(PROMPT, 12)
+    streamed = client.completions.create(
+        model="chat", prompt=PROMPT, max_tokens=12, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == reference(PROMPT, 12)
+    chat = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
+    )
+    assert sum(1 for c in chat if c.choices and c.choices[0].delta.content) >= 1
+
+    # Both replicas take requests.
+    with gateway(stack) as http:
+        served = Counter(
+            http.post(
+                "/completions", json={"model": "chat", "prompt": "a", "max_tokens": 1}
+            ).headers["x-cp-replica"]
+            for _ in range(30)
+        )
+    assert len(served) == 2, served
+
+    # Another project's user sees nothing: a 404 in OpenAI's format, for a real name too.
+    made = stack.manage(
+        "shell", "-c",
+        "from django.contrib.auth.models import User; User.objects.create_user('outsider')",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    outsider = stack.manage("create_token", "outsider", "--name", "e2e").stdout.strip()
+    other = OpenAI(base_url=f"{stack.url}/v1", api_key=outsider, max_retries=0)
+    assert [m.id for m in other.models.list()] == []
+    with pytest.raises(NotFoundError) as caught:
+        other.completions.create(model="chat", prompt=PROMPT, max_tokens=2)
+    assert "does not exist" in str(caught.value)
+    assert stack.api.get(f"/api/v1/deployments/{dep['id']}/").status_code == 200
+    bad = httpx.get(
+        f"{stack.url}/api/v1/deployments/{dep['id']}/",
+        headers={"Authorization": f"Bearer {outsider}"},
+    )
+    assert bad.status_code == 404
+
+
+def test_a_replica_killed_under_load_fails_no_request_and_comes_back(stack):
+    dep = next(
+        d for d in stack.api.get("/api/v1/deployments/").json()["results"] if d["name"] == "chat"
+    )
+    with Load(stack, "chat") as load:
+        wait_for(lambda: load.ok >= 10, 30, "requests to flow")
+        victims = replica_processes("chat")
+        assert len(victims) == 2, victims
+        victims[0].kill()  # SIGKILL: a crash, mid-request
+        killed_at = load.ok
+        wait_for(lambda: "ended failed" in events(stack, dep["id"]), 30, "the crash to be recorded")
+        wait_ready(stack, dep["id"], r1=2, timeout=120)
+        wait_for(lambda: load.ok >= killed_at + 20, 30, "requests after the restart")
+    assert load.failures == [], load.failures[:5]
+    text = events(stack, dep["id"])
+    assert "ended failed" in text and "restart 1 of 5 in" in text, text
+    restarted = [r for r in deployment(stack, dep["id"])["replica_set"] if r["attempt"] == 2]
+    assert len(restarted) == 1
+
+
+def test_a_rolling_update_and_a_canary_fail_no_request(stack):
+    dep = next(
+        d for d in stack.api.get("/api/v1/deployments/").json()["results"] if d["name"] == "chat"
+    )
+    dep_id = dep["id"]
+    with Load(stack, "chat") as load:
+        wait_for(lambda: load.ok >= 5, 30, "requests to flow")
+        changed = stack.api.patch(f"/api/v1/deployments/{dep_id}/", json={"max_batch_size": 4})
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["revision"]["number"] == 2
+        wait_ready(stack, dep_id, r2=2, timeout=240)
+        at_switch = load.ok
+        wait_for(lambda: load.ok >= at_switch + 10, 30, "requests after the rollout")
+    assert load.failures == [], load.failures[:5]
+    assert load.revisions["1"] > 0 and load.revisions["2"] > 0
+    text = events(stack, dep_id)
+    assert "Rolling out revision 2" in text and "a replica of the new revision is ready" in text
+
+    # A canary of 25% on a third revision, beside the two replicas of revision 2.
+    canary = stack.api.patch(
+        f"/api/v1/deployments/{dep_id}/",
+        json={"canary": {"percent": 25, "replicas": 1, "max_batch_size": 2}},
+    )
+    assert canary.status_code == 200, canary.text
+    assert canary.json()["canary"]["number"] == 3
+    wait_ready(stack, dep_id, r2=2, r3=1, timeout=180)
+    with Load(stack, "chat", clients=4, max_tokens=1) as load:
+        wait_for(lambda: load.ok >= 800, 240, "800 requests")
+    assert load.failures == []
+    share = load.revisions["3"] / (load.revisions["2"] + load.revisions["3"])
+    assert 0.19 <= share <= 0.31, load.revisions
+
+    with Load(stack, "chat") as load:
+        promoted = stack.api.post(f"/api/v1/deployments/{dep_id}/promote/")
+        assert promoted.status_code == 200, promoted.text
+        assert promoted.json()["revision"]["number"] == 3 and promoted.json()["canary"] is None
+        wait_ready(stack, dep_id, r3=2, timeout=240)
+    assert load.failures == [], load.failures[:5]
+    assert set(load.revisions) <= {"2", "3"}
+    nothing = stack.api.post(f"/api/v1/deployments/{dep_id}/promote/")
+    assert nothing.status_code == 409 and "no canary" in nothing.json()["detail"]
+    delete(stack, dep_id)
+    assert replica_processes("chat") == []
+
+
+def test_autoscaling_goes_to_zero_and_a_request_wakes_it(stack):
+    dep = deploy(
+        stack,
+        name="auto",
+        min_replicas=0,
+        max_replicas=2,
+        autoscaling={"target_ongoing_requests": 1, "upscale_delay": 0, "downscale_delay": 3},
+    )
+    dep_id = dep["id"]
+    wait_for(lambda: deployment(stack, dep_id)["state"] == "IDLE", 120, "scale to zero")
+    assert replica_processes("auto") == []
+    # A request to a deployment with no replica waits while one starts (a cold start).
+    with gateway(stack) as http:
+        started = time.monotonic()
+        response = http.post(
+            "/completions", json={"model": "auto", "prompt": PROMPT, "max_tokens": 3}
+        )
+        waited = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    woken = deployment(stack, dep_id)
+    [replica] = [r for r in woken["replica_set"] if r["state"] == "READY"]
+    assert 0 < replica["cold_start_seconds"] <= waited
+    # Four clients at a target of one request in flight per replica: up to max (2).
+    with Load(stack, "auto", clients=4, max_tokens=32) as load:
+        wait_for(
+            lambda: (
+                deployment(stack, dep_id)["stats"].get("ready", 0) >= 2
+                or sum(r["state"] == "READY" for r in deployment(stack, dep_id)["replica_set"]) >= 2
+            ),
+            120,
+            "a scale-up to 2",
+        )
+    assert load.failures == [], load.failures[:5]
+    wait_for(lambda: deployment(stack, dep_id)["state"] == "IDLE", 60, "back to zero")
+    text = events(stack, dep_id)
+    assert "Scaling up" in text and "Scaling down" in text, text
+    delete(stack, dep_id)
+
+
+def test_a_deployment_borrows_cpu_slots_from_low_priority_training(stack):
+    # The training job takes every slot of both hosts (2 nodes x 2 processes).
+    response = stack.api.post(
+        "/api/v1/jobs/",
+        json={
+            "name": "borrowed",
+            "project": "default",
+            "priority": "low",
+            "entrypoint": ["python", "-m", "workers.recipes.causal_lm"],
+            "args": ["--max-steps", "400", "--seq-len", "32", "--micro-batch", "1",
+                     "--log-every", "5", "--checkpoint-every", "5"],
+            "resources": {"nodes": 2, "procs_per_node": 2},
+            "max_restarts": 0,
+        },
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    wait_for(
+        lambda: stack.api.get(f"/api/v1/jobs/{job_id}/checkpoints/").json(),
+        180,
+        "the training job to checkpoint",
+    )
+    dep = deploy(stack, name="urgent", replicas=1, priority="high")
+    wait_ready(stack, dep["id"], r1=1, timeout=180)
+    training = stack.api.get(f"/api/v1/jobs/{job_id}/").json()
+    assert training["state"] == "PENDING" and training["preemptions"] == 1, training
+    with gateway(stack) as http:
+        ok = http.post("/completions", json={"model": "urgent", "prompt": "a", "max_tokens": 2})
+    assert ok.status_code == 200, ok.text
+    # Scaling to zero... deleting gives the slots back: the training job resumes.
+    delete(stack, dep["id"])
+    wait_for(
+        lambda: stack.api.get(f"/api/v1/jobs/{job_id}/").json()["state"] == "RUNNING",
+        120,
+        "the training job to resume",
+    )
+    runs = attempts(stack, job_id)
+    assert [a["state"] for a in runs] == ["PREEMPTED", "RUNNING"]
+    assert runs[1]["resume_from"], runs[1]
+    wait_for(lambda: "resum" in logs(stack, job_id).lower(), 60, "it to say it resumed")
+    stack.api.post(f"/api/v1/jobs/{job_id}/cancel/")
+    wait_state(stack, job_id, TERMINAL, timeout=60)
