@@ -83,8 +83,11 @@ def _check_config(config: dict[str, Any], project: Project) -> None:
     except ValidationError as exc:  # said of a job: say it of the replica's field
         field = "gpus_per_replica" if gpus else "cpus_per_replica"
         detail = exc.detail if isinstance(exc.detail, dict) else {"": exc.detail}
-        messages = [str(m).replace("the job needs", "a replica needs")
-                    for v in detail.values() for m in (v if isinstance(v, list) else [v])]  # fmt: skip
+        messages = [
+            str(m).replace("the job needs", "a replica needs")
+            for v in detail.values()
+            for m in (v if isinstance(v, list) else [v])
+        ]
         raise ValidationError({field: messages}) from exc
 
 

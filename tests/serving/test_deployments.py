@@ -13,7 +13,7 @@ from jobs import lifecycle, scheduler
 from jobs.models import AttemptNode, Job
 from jobs.states import JobKind, JobState
 from serving.deployments import autoscale, controller
-from serving.models import Deployment, Model, ModelVersion, Replica, ReplicaState
+from serving.models import Deployment, Model, ModelVersion, Replica
 from tests.conftest import add_host
 
 pytestmark = pytest.mark.django_db
@@ -221,7 +221,7 @@ def test_the_canary_takes_its_share_and_promotion_replaces_the_rest(cast, api, v
     promoted = api(cast.bob).post(f"{URL}{dep_id}/promote/")
     assert promoted.json()["revision"]["number"] == 2 and promoted.json()["canary"] is None
     controller.reconcile_all()
-    assert [s for s in states(dep) if s[1] == 2][0][0] == 3
+    assert next(s for s in states(dep) if s[1] == 2)[0] == 3
     assert api(cast.bob).post(f"{URL}{dep_id}/rollback/").status_code == 409
 
 
