@@ -6,6 +6,7 @@ cpctl jobs --state RUNNING
 cpctl logs -f 42
 cpctl cancel 42
 cpctl workers
+cpctl deploy chat --model tiny --replicas 2; cpctl generate chat "Hello"  (see deployments.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from cpctl import deployments
 from cpctl.client import ApiError, Client, load_settings, pack_directory, save_settings
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -234,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
     cancel.add_argument("job", type=int)
     cancel.set_defaults(run=cmd_cancel)
     sub.add_parser("workers", help="list worker hosts and their GPUs").set_defaults(run=cmd_workers)
+    deployments.add_commands(sub)
     return top
 
 

@@ -32,14 +32,17 @@ def decide(
     memory: dict,
     now: float,
     woken: bool,
+    settled: bool = True,
 ) -> Decision:
     """``ongoing``: requests in flight on the ready replicas now; ``served``: requests
-    finished since the last pass; ``woken``: a request is waiting for a replica."""
+    finished since the last pass; ``woken``: a request is waiting for a replica;
+    ``settled``: every replica wanted is ready (until then the load is not known, so it
+    never scales down, and idle time counts only from then)."""
     target = float(config.get("target_ongoing_requests") or 2.0)
     up_delay = float(config.get("upscale_delay", 3.0))
     down_delay = float(config.get("downscale_delay", 30.0))
     memory = dict(memory)
-    if ongoing > 0 or served > 0 or woken:
+    if ongoing > 0 or served > 0 or woken or not settled:
         memory["busy_at"] = now
     memory.setdefault("busy_at", now)  # idle time counts from the first pass
     if current == 0:
@@ -66,6 +69,9 @@ def decide(
             )
         return Decision(current, memory)
     memory.pop("up_since", None)
+    if not settled:
+        memory.pop("down_since", None)
+        return Decision(current, memory)
     since = memory.setdefault("down_since", now)
     if now - since >= down_delay or wanted == 0:
         memory.pop("down_since", None)

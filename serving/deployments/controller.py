@@ -279,7 +279,7 @@ def _summary(dep: Deployment, live: list[Replica], wants: dict[int, int]) -> tup
     )
 
 
-def _autoscale(dep: Deployment, live_figures: dict, now: float) -> None:
+def _autoscale(dep: Deployment, live_figures: dict, now: float, settled: bool) -> None:
     woken = bool(dep.wake_requested_at)
     decision = autoscale.decide(
         current=dep.replicas,
@@ -291,6 +291,7 @@ def _autoscale(dep: Deployment, live_figures: dict, now: float) -> None:
         memory=dep.scaler,
         now=now,
         woken=woken,
+        settled=settled,
     )
     if decision.why:
         add_event(dep, decision.why)
@@ -341,7 +342,8 @@ def reconcile(deployment_id: int, samples: dict[int, stats.Sample], now=None) ->
             if len(stable) != len(ready) and ready:
                 share = len(stable) / len(ready)
                 figures_stable["in_flight"] = figures.get("in_flight", 0.0) * share
-            _autoscale(dep, figures_stable, clock)
+            settled = len(stable) >= dep.replicas
+            _autoscale(dep, figures_stable, clock, settled)
         wants = {dep.revision_id: dep.replicas}
         if dep.canary_id:
             wants[dep.canary_id] = dep.canary_replicas

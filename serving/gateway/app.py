@@ -193,7 +193,7 @@ class Gateway:
         why = "no replica is ready"
         read_timeout = route.request_timeout + 10.0
         wait_until = t0 + min(settings.GATEWAY_COLD_START_TIMEOUT, route.request_timeout)
-        woken = False
+        next_wake = 0.0
         while True:
             endpoint = router.pick(route, tried)
             if endpoint is None:
@@ -212,8 +212,9 @@ class Gateway:
                 if fresh is route or not [e for e in fresh.endpoints if e.url not in tried]:
                     if left <= 0:
                         break
-                    if not woken and fresh.scale_to_zero:
-                        woken = True
+                    if fresh.scale_to_zero and time.monotonic() >= next_wake:
+                        # Again every few seconds: the request is still waiting.
+                        next_wake = time.monotonic() + 5.0
                         await sync_to_async(_wake, thread_sensitive=False)(route.deployment_id)
                     await router.wait_for_change(min(left, 1.0))
                 route = router.table.get(route.project_id, {}).get(route.name) or route

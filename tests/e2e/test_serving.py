@@ -10,6 +10,8 @@ for the next)."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -20,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.stack import Stack
+from tests.e2e.stack import ROOT, Stack
 from tests.e2e.test_jobs import TERMINAL, attempts, logs, wait_for, wait_state
 
 pytestmark = pytest.mark.e2e
@@ -248,6 +250,19 @@ def test_a_deployment_serves_the_openai_api_through_the_gateway(stack, reference
     )
     assert sum(1 for c in chat if c.choices and c.choices[0].delta.content) >= 1
 
+    # cpctl streams through the same gateway.
+    env = {"CP_URL": stack.url, "CP_TOKEN": stack.token, "PATH": "/usr/bin:/bin"}
+    cli = [sys.executable, "-m", "cpctl"]
+    run = subprocess.run(
+        [*cli, "generate", "chat", PROMPT, "--max-tokens", "12", "--temperature", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == reference(PROMPT, 12).strip(), run
+    listed = subprocess.run(
+        [*cli, "deployments"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert "chat" in listed.stdout and "READY" in listed.stdout, listed
+
     # Both replicas take requests.
     with gateway(stack) as http:
         served = Counter(
@@ -357,9 +372,13 @@ def test_autoscaling_goes_to_zero_and_a_request_wakes_it(stack):
     # A request to a deployment with no replica waits while one starts (a cold start).
     with gateway(stack) as http:
         started = time.monotonic()
-        response = http.post(
-            "/completions", json={"model": "auto", "prompt": PROMPT, "max_tokens": 3}
-        )
+        try:
+            response = http.post(
+                "/completions", json={"model": "auto", "prompt": PROMPT, "max_tokens": 3}
+            )
+        except httpx.ReadTimeout:
+            print(deployment(stack, dep_id), events(stack, dep_id), sep="\n")
+            raise
         waited = time.monotonic() - started
     assert response.status_code == 200, response.text
     woken = deployment(stack, dep_id)
@@ -378,7 +397,7 @@ def test_autoscaling_goes_to_zero_and_a_request_wakes_it(stack):
     assert load.failures == [], load.failures[:5]
     wait_for(lambda: deployment(stack, dep_id)["state"] == "IDLE", 60, "back to zero")
     text = events(stack, dep_id)
-    assert "Scaling up" in text and "Scaling down" in text, text
+    assert "Scaling up 1 -> 2" in text and text.count("Scaling to zero") == 2, text
     delete(stack, dep_id)
 
 

@@ -229,11 +229,11 @@ def test_the_autoscaler_follows_the_load_with_its_delays():
     config = {"target_ongoing_requests": 2, "upscale_delay": 3, "downscale_delay": 10}
     memory: dict = {}
 
-    def step(current, ongoing, now, low=1, high=4, served=0.0, woken=False):
+    def step(current, ongoing, now, low=1, high=4, served=0.0, woken=False, settled=True):
         nonlocal memory
         d = autoscale.decide(
             current=current, low=low, high=high, ongoing=ongoing, served=served,
-            config=config, memory=memory, now=now, woken=woken,
+            config=config, memory=memory, now=now, woken=woken, settled=settled,
         )  # fmt: skip
         memory = d.memory
         return d.replicas
@@ -252,6 +252,11 @@ def test_the_autoscaler_follows_the_load_with_its_delays():
     assert step(1, 0, 110.5, low=0) == 0
     assert step(0, 0, 200, low=0) == 0
     assert step(0, 0, 201, low=0, woken=True) == 1
+    # While its replica loads, the load is unknown: it never goes back to zero, and idle
+    # time counts from when the replica is ready.
+    assert step(1, 0, 230, low=0, settled=False) == 1
+    assert step(1, 0, 235, low=0) == 1
+    assert step(1, 0, 240.5, low=0) == 0
 
 
 def test_a_deployment_scales_by_preempting_low_priority_training(cast, api, version, submit):
