@@ -434,6 +434,9 @@ GATEWAY_MAX_BODY_BYTES = env_int("CP_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minim
 GATEWAY_COLD_START_TIMEOUT = env_float("CP_GATEWAY_COLD_START_TIMEOUT", 300.0, minimum=1.0)
 GATEWAY_RETRIES = env_int("CP_GATEWAY_RETRIES", 3, minimum=0, maximum=10)
 GATEWAY_REFRESH_SECONDS = env_float("CP_GATEWAY_REFRESH_SECONDS", 5.0, minimum=0.5)
+GATEWAY_BALANCE = env_choice(
+    "CP_GATEWAY_BALANCE", "least_outstanding", ("least_outstanding", "round_robin")
+)
 
 # --- telemetry -----------------------------------------------------------------------------
 TELEMETRY_ENABLED = env_bool("CP_TELEMETRY_ENABLED", True)

@@ -52,6 +52,7 @@ class Router:
         self._refreshing: asyncio.Task | None = None
         self._again = False
         self.client: httpx.AsyncClient | None = None
+        self._turn = 0
 
     # --- the table --------------------------------------------------------------------
 
@@ -116,6 +117,9 @@ class Router:
             stable = [e for e in ready if e.revision_id != route.canary_id]
             if canary and stable:
                 ready = canary if random.random() * 100 < route.canary_percent else stable  # noqa: S311
+        if settings.GATEWAY_BALANCE == "round_robin":  # the baseline it is measured against
+            self._turn += 1
+            return sorted(ready, key=lambda e: e.url)[self._turn % len(ready)]
         best = min(self._health(e.url).outstanding for e in ready)
         return random.choice([e for e in ready if self._health(e.url).outstanding == best])  # noqa: S311
 
