@@ -434,6 +434,9 @@ GATEWAY_MAX_BODY_BYTES = env_int("CP_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minim
 GATEWAY_COLD_START_TIMEOUT = env_float("CP_GATEWAY_COLD_START_TIMEOUT", 300.0, minimum=1.0)
 GATEWAY_RETRIES = env_int("CP_GATEWAY_RETRIES", 3, minimum=0, maximum=10)
 GATEWAY_REFRESH_SECONDS = env_float("CP_GATEWAY_REFRESH_SECONDS", 5.0, minimum=0.5)
+# Batch inference inputs (POST /api/v1/batch-jobs/).
+BATCH_MAX_INPUT_BYTES = env_int("CP_BATCH_MAX_INPUT_BYTES", 256 * 1024**2, minimum=1024)
+BATCH_MAX_ROWS = env_int("CP_BATCH_MAX_ROWS", 1_000_000, minimum=1)
 GATEWAY_BALANCE = env_choice(
     "CP_GATEWAY_BALANCE", "least_outstanding", ("least_outstanding", "round_robin")
 )

@@ -50,6 +50,7 @@ class JobSerializer(serializers.ModelSerializer):
         model = Job
         fields = [
             "id",
+            "kind",
             "name",
             "project",
             "user",

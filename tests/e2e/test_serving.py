@@ -10,6 +10,7 @@ for the next)."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -399,6 +400,78 @@ def test_autoscaling_goes_to_zero_and_a_request_wakes_it(stack):
     text = events(stack, dep_id)
     assert "Scaling up 1 -> 2" in text and text.count("Scaling to zero") == 2, text
     delete(stack, dep_id)
+
+
+def batch(stack: Stack, rows: list[dict], **spec) -> dict:
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    response = stack.api.post(
+        "/api/v1/batch-jobs/",
+        data={"spec": json.dumps({"project": "default", "model": "tiny", **spec})},
+        files={"input": ("prompts.jsonl", body, "application/jsonl")},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def batch_output(stack: Stack, job_id: int) -> list[dict]:
+    response = stack.api.get(f"/api/v1/batch-jobs/{job_id}/output/")
+    assert response.status_code == 200
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def test_batch_inference_is_sharded_and_equals_the_engine(stack, reference):
+    prompts = [f"Story {i}: once" for i in range(24)]
+    made = batch(
+        stack, [{"prompt": p, "id": f"p{i}"} for i, p in enumerate(prompts)],
+        name="batch-2", nodes=2, max_tokens=8,
+    )  # fmt: skip
+    assert made["rows"] == 24
+    done = wait_state(stack, made["id"], TERMINAL, timeout=180)
+    assert done["state"] == "SUCCEEDED", logs(stack, made["id"])
+    assert done["kind"] == "batch"
+    assert (done["progress"]["step"], done["progress"]["total"]) == (24, 24)
+    [run] = attempts(stack, made["id"])
+    assert {n["worker"] for n in run["nodes"]} == {"w-a", "w-b"}  # one shard per host
+    rows = batch_output(stack, made["id"])
+    assert [r["index"] for r in rows] == list(range(24))
+    assert [r["id"] for r in rows] == [f"p{i}" for i in range(24)]
+    assert [r["text"] for r in rows] == [reference(p, 8) for p in prompts]
+    # Bad input is refused with the line that is wrong, and nothing is created.
+    before = len(stack.api.get("/api/v1/batch-jobs/").json()["results"])
+    bad = stack.api.post(
+        "/api/v1/batch-jobs/",
+        data={"spec": json.dumps({"model": "tiny"})},
+        files={"input": ("p.jsonl", b'{"prompt": "a"}\n{"promt": "b"}\n', "application/jsonl")},
+    )
+    assert bad.status_code == 400 and "Line 2" in bad.json()["input"][0], bad.text
+    assert len(stack.api.get("/api/v1/batch-jobs/").json()["results"]) == before
+
+
+def test_a_killed_batch_job_resumes_without_duplicating_or_skipping_rows(stack, reference):
+    prompts = [f"Row {i} says" for i in range(160)]
+    made = batch(
+        stack, [{"prompt": p} for p in prompts], name="batch-kill", max_tokens=24,
+        max_batch_size=2,
+    )  # fmt: skip
+    job_id = made["id"]
+    wait_for(
+        lambda: stack.api.get(f"/api/v1/batch-jobs/{job_id}/").json()["rows_written"] >= 20,
+        120,
+        "rows to be written",
+    )
+    [runner] = [
+        p for p in psutil.process_iter(["cmdline"])
+        if "serving.batch" in (p.info["cmdline"] or []) and "workers.guard" not in p.info["cmdline"]
+    ]  # fmt: skip
+    runner.kill()
+    done = wait_state(stack, job_id, TERMINAL, timeout=300)
+    assert done["state"] == "SUCCEEDED", logs(stack, job_id)
+    assert [a["state"] for a in attempts(stack, job_id)] == ["FAILED", "SUCCEEDED"]
+    assert "resuming after" in logs(stack, job_id)
+    rows = batch_output(stack, job_id)
+    assert [r["index"] for r in rows] == list(range(160))
+    for i in (0, 1, 79, 158, 159):
+        assert rows[i]["text"] == reference(prompts[i], 24)
 
 
 def test_a_deployment_borrows_cpu_slots_from_low_priority_training(stack):

@@ -1,0 +1,5 @@
+import sys
+
+from serving.batch.runner import main
+
+sys.exit(main())

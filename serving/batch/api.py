@@ -1,0 +1,158 @@
+"""``/api/v1/batch-jobs/``: run a model version over a JSONL of prompts.
+
+``POST`` multipart: ``spec`` (JSON: project, model, version, name, nodes, cpus_per_node,
+gpus_per_node, quantization, max_batch_size, max_tokens, temperature, priority,
+max_restarts) and ``input`` (the JSONL file). The job itself is an ordinary job (its logs,
+attempts and cancel are under ``/api/v1/jobs/{id}/``); ``output/`` downloads the
+completions, in input order, as JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, parsers, serializers, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
+from controlplane.tenancy.api.common import PayloadTooLarge, StrictSerializer
+from controlplane.tenancy.models import Project
+from jobs.models import Job
+from jobs.states import PRIORITY_BY_NAME, JobKind
+from serving.batch import output, services
+from serving.deployments.config import QUANTIZATION
+from serving.deployments.services import resolve_version
+
+
+class BatchUploadParser(parsers.MultiPartParser):
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        request = (parser_context or {}).get("request")
+        declared = request.META.get("CONTENT_LENGTH", "") if request is not None else ""
+        limit = settings.BATCH_MAX_INPUT_BYTES + settings.API_MAX_BODY_BYTES
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(
+                f"The upload is {declared} bytes; inputs may be at most "
+                f"{settings.BATCH_MAX_INPUT_BYTES} bytes."
+            )
+        return super().parse(stream, media_type, parser_context)
+
+
+class BatchSpecSerializer(StrictSerializer):
+    project = serializers.SlugRelatedField(
+        slug_field="name", queryset=Project.objects.all(), required=False
+    )
+    name = serializers.CharField(max_length=100, default="batch")
+    model = serializers.CharField(max_length=100)
+    version = serializers.IntegerField(min_value=1, required=False)
+    nodes = serializers.IntegerField(min_value=1, max_value=64, default=1)
+    gpus_per_node = serializers.IntegerField(min_value=0, max_value=64, default=0)
+    cpus_per_node = serializers.IntegerField(min_value=1, max_value=256, default=1)
+    quantization = serializers.ChoiceField(choices=QUANTIZATION, default="none")
+    max_batch_size = serializers.IntegerField(min_value=1, max_value=512, default=16)
+    max_tokens = serializers.IntegerField(min_value=1, max_value=131_072, default=64)
+    temperature = serializers.FloatField(min_value=0.0, max_value=2.0, default=0.0)
+    priority = serializers.ChoiceField(choices=list(PRIORITY_BY_NAME), default="normal")
+    max_restarts = serializers.IntegerField(min_value=0, max_value=100, default=3)
+
+
+class BatchJobSerializer(serializers.ModelSerializer):
+    project = serializers.CharField(source="project.name", read_only=True)
+    rows = serializers.SerializerMethodField()
+    rows_written = serializers.SerializerMethodField()
+    model = serializers.SerializerMethodField()
+    version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id", "name", "project", "state", "reason", "model", "version", "rows",
+            "rows_written", "nodes", "progress", "restarts", "preemptions", "created_at",
+            "started_at", "finished_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_rows(self, job: Job) -> int:
+        return int(job.spec.get("rows") or 0)
+
+    def get_rows_written(self, job: Job) -> int:
+        return services.rows_written(job)
+
+    def get_model(self, job: Job) -> str:
+        return str(job.spec.get("model") or "")
+
+    def get_version(self, job: Job) -> int | None:
+        return job.spec.get("version")
+
+
+class BatchJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
+    """Batch inference jobs of your projects."""
+
+    queryset = Job.objects.filter(kind=JobKind.BATCH).select_related("project").order_by("-id")
+    serializer_class = BatchJobSerializer
+    parser_classes = [BatchUploadParser]
+
+    @extend_schema(
+        request={"multipart/form-data": {"type": "object", "properties": {
+            "spec": {"type": "string"}, "input": {"type": "string", "format": "binary"}}}},
+        responses={201: BatchJobSerializer},
+    )  # fmt: skip
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        unknown = set(request.data) - {"spec", "input"}
+        if unknown:
+            raise serializers.ValidationError(
+                {
+                    name: ["Unknown field: send 'spec' (JSON) and 'input' (JSONL)."]
+                    for name in unknown
+                }
+            )
+        try:
+            spec = json.loads(request.data.get("spec") or "{}")
+        except ValueError as exc:
+            raise serializers.ValidationError({"spec": [f"Not JSON: {exc}"]}) from None
+        serializer = BatchSpecSerializer(data=spec)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        upload = request.FILES.get("input")
+        if upload is None:
+            raise serializers.ValidationError({"input": ["Attach the prompts as a JSONL file."]})
+        project = data.get("project") or get_object_or_404(Project, name="default")
+        if not scope_to_user(Project.objects.filter(pk=project.pk), request.user, "").exists():
+            raise serializers.ValidationError(
+                {"project": [f"No project named {project.name!r} that you belong to."]}
+            )
+        version = resolve_version(project, data["model"], data.get("version"))
+        job = services.create_batch_job(
+            self.actor(),
+            project,
+            version,
+            upload.file,
+            name=data["name"],
+            nodes=data["nodes"],
+            gpus_per_node=data["gpus_per_node"],
+            cpus_per_node=data["cpus_per_node"],
+            quantization=data["quantization"],
+            max_batch_size=data["max_batch_size"],
+            max_tokens=data["max_tokens"],
+            temperature=data["temperature"],
+            priority=PRIORITY_BY_NAME[data["priority"]],
+            max_restarts=data["max_restarts"],
+        )
+        return Response(BatchJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={(200, "application/jsonl"): bytes})
+    @action(detail=True, methods=["get"])
+    def output(self, request: Request, pk: str | None = None) -> Any:
+        """The completions written so far (all of them once it succeeded), in input order."""
+        job = self.get_object()
+        response = StreamingHttpResponse(
+            output.merged(services.output_root(job), job.nodes), content_type="application/jsonl"
+        )
+        response["Content-Disposition"] = f'attachment; filename="batch-{job.pk}.jsonl"'
+        return response
