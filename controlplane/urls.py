@@ -11,6 +11,7 @@ from controlplane.cluster.api import GpuViewSet, WorkerViewSet
 from jobs import views as job_views
 from monitoring import urls as monitoring_urls
 from monitoring import views as monitoring_views
+from serving import views as serving_views
 
 cluster = SimpleRouter()
 cluster.register("workers", WorkerViewSet, basename="worker")
@@ -33,6 +34,17 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", job_views.job_list, name="job-list-page"),
     path("jobs/<int:job_id>/", job_views.job_detail, name="job-page"),
+    path("models/", serving_views.model_list, name="model-list-page"),
+    path("models/versions/<int:version_id>/deploy/", serving_views.deploy, name="deploy"),
+    path("deployments/", serving_views.deployment_list, name="deployment-list-page"),
+    path(
+        "deployments/<int:deployment_id>/", serving_views.deployment_detail, name="deployment-page"
+    ),
+    path(
+        "deployments/<int:deployment_id>/action/",
+        serving_views.deployment_action,
+        name="deployment-action",
+    ),
     *monitoring_urls.pages,
     path("metrics", monitoring_views.metrics, name="metrics"),
     path("healthz", views.healthz, name="healthz"),

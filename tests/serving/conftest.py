@@ -161,3 +161,13 @@ def spawn(model_dir: Path) -> Iterator:
     yield _spawn
     for rep in started:
         rep.stop()
+
+
+@pytest.fixture
+def version(cast, tmp_path: Path):
+    """A registered version of alpha's model "tiny" (its directory holds a config only)."""
+    from serving.models import Model, ModelVersion
+
+    model = Model.objects.create(project=cast.alpha, name="tiny")
+    (tmp_path / "config.json").write_text("{}")
+    return ModelVersion.objects.create(model=model, version=1, source="upload", path=str(tmp_path))

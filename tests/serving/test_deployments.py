@@ -4,8 +4,6 @@ replica before draining the old, a canary, deletion), and the autoscaler's rule.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from django.utils import timezone
 
@@ -13,31 +11,12 @@ from jobs import lifecycle, scheduler
 from jobs.models import AttemptNode, Job
 from jobs.states import JobKind, JobState
 from serving.deployments import autoscale, controller
-from serving.models import Deployment, Model, ModelVersion, Replica
+from serving.models import Deployment, Replica
 from tests.conftest import add_host
+from tests.plugin import free_port
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/deployments/"
-
-
-@pytest.fixture(autouse=True)
-def no_redis_publish(monkeypatch):
-    """The gateway pub/sub needs Redis, which these database tests do not start; what
-    it would have said is kept here instead."""
-    published: list[str] = []
-    from serving.deployments import routing, stats
-
-    monkeypatch.setattr(routing, "publish_now", lambda kind=routing.ROUTING: published.append(kind))
-    monkeypatch.setattr(stats, "broadcast", lambda *a, **k: None)
-    monkeypatch.setattr(stats, "scrape", lambda targets: {})
-    return published
-
-
-@pytest.fixture
-def version(cast, tmp_path: Path) -> ModelVersion:
-    model = Model.objects.create(project=cast.alpha, name="tiny")
-    (tmp_path / "config.json").write_text("{}")
-    return ModelVersion.objects.create(model=model, version=1, source="upload", path=str(tmp_path))
 
 
 def create(api, user, **body):
@@ -105,13 +84,15 @@ def test_another_projects_deployment_is_a_404_and_names_are_per_project(cast, ap
     assert refused.status_code == 400 and "no model" in str(refused.json()).lower()
 
 
-def ready(replica: Replica, port: int) -> None:
-    """What the worker does: claim the replica's node and report its endpoint."""
+def ready(replica: Replica):
+    """What the worker does: claim the replica's node and report its endpoint (a closed
+    loopback port: the controller's scrape of it fails fast, as a dead replica's would)."""
+    port = free_port()
     [node] = AttemptNode.objects.filter(attempt__job=replica.job, state="WAITING")
     plan = lifecycle.claim_node(node.attempt_id, node.rank, node.worker_name)
     assert plan is not None and plan.kind == JobKind.REPLICA and plan.service_key
     assert plan.entrypoint[:3] == ["python", "-m", "serving.replica"]
-    assert lifecycle.record_ready(plan.node_id, plan.claim, f"http://10.0.0.1:{port}", {})
+    assert lifecycle.record_ready(plan.node_id, plan.claim, f"http://127.0.0.1:{port}", {})
     return plan
 
 
@@ -130,7 +111,7 @@ def test_a_rolling_update_starts_the_new_replica_before_draining_the_old(cast, a
     assert states(dep) == [(1, 1, "PENDING"), (2, 1, "PENDING")]
     # The replicas are jobs the scheduler places; they hold CPU slots.
     assert len(scheduler.schedule().placed) == 2
-    plans = [ready(r, 9000 + r.number) for r in dep.replica_set.order_by("number")]
+    plans = [ready(r) for r in dep.replica_set.order_by("number")]
     controller.reconcile_all()
     dep.refresh_from_db()
     assert dep.state == "READY" and states(dep) == [(1, 1, "READY"), (2, 1, "READY")]
@@ -146,7 +127,7 @@ def test_a_rolling_update_starts_the_new_replica_before_draining_the_old(cast, a
         "--max-batch-size" in r3.job.args
         and r3.job.args[r3.job.args.index("--max-batch-size") + 1] == "4"
     )
-    ready(r3, 9003)
+    ready(r3)
     controller.reconcile_all()
     # r3 ready: one old replica drains (its job is cancelled), r4 starts.
     assert states(dep) == [(1, 1, "DRAINING"), (2, 1, "READY"), (3, 2, "READY"), (4, 2, "PENDING")]
@@ -154,7 +135,7 @@ def test_a_rolling_update_starts_the_new_replica_before_draining_the_old(cast, a
     assert old.attempts.get().stop_requested == "cancel"
     lifecycle.finish_node(plans[0].node_id, plans[0].claim, 0)
     scheduler.schedule()
-    ready(dep.replica_set.get(number=4), 9004)
+    ready(dep.replica_set.get(number=4))
     controller.reconcile_all()
     lifecycle.finish_node(plans[1].node_id, plans[1].claim, 0)
     controller.reconcile_all()
@@ -170,7 +151,7 @@ def test_deleting_drains_every_replica_then_the_deployment_is_gone(cast, api, ve
     controller.reconcile_all()
     scheduler.schedule()
     dep = Deployment.objects.get(pk=dep_id)
-    plan = ready(dep.replica_set.get(), 9001)
+    plan = ready(dep.replica_set.get())
     controller.reconcile_all()
     assert api(cast.bob).delete(f"{URL}{dep_id}/").status_code == 202
     assert api(cast.bob).get(f"{URL}{dep_id}/").status_code == 200  # still draining
@@ -208,7 +189,7 @@ def test_the_canary_takes_its_share_and_promotion_replaces_the_rest(cast, api, v
     scheduler.schedule()
     dep = Deployment.objects.get(pk=dep_id)
     for r in dep.replica_set.all():
-        ready(r, 9000 + r.number)
+        ready(r)
     controller.reconcile_all()
     body = {"canary": {"percent": 30, "max_wait_ms": 5}}
     started = api(cast.bob).patch(f"{URL}{dep_id}/", body, format="json")

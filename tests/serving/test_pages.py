@@ -1,0 +1,74 @@
+"""The serving pages through Django's test client: the Deploy form on the models page,
+a deployment's page and its actions (same checks and messages as the API), and tenancy."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from serving.models import Deployment
+from tests.conftest import add_host
+
+pytestmark = pytest.mark.django_db
+
+
+def browser(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_deploy_from_the_models_page_then_scale_and_delete(cast, version):
+    add_host("cpu-1", cpu_slots=4)
+    bob = browser(cast.bob)
+    page = bob.get("/models/")
+    assert page.status_code == 200 and b"Deploy" in page.content and b"tiny-v1" in page.content
+    made = bob.post(f"/models/versions/{version.pk}/deploy/", {"name": "chat", "replicas": "2"})
+    dep = Deployment.objects.get(name="chat")
+    assert made.status_code == 302 and made["Location"] == f"/deployments/{dep.pk}/"
+    assert (dep.min_replicas, dep.max_replicas) == (2, 2)
+    page = bob.get(f"/deployments/{dep.pk}/")
+    assert page.status_code == 200
+    for text in (b"Playground", b"deploying", b"Created with revision 1", b"Roll out"):
+        assert text in page.content, text
+    assert b"chat" in bob.get("/deployments/").content
+    scaled = bob.post(
+        f"/deployments/{dep.pk}/action/",
+        {"action": "scale", "min_replicas": "0", "max_replicas": "3"},
+        follow=True,
+    )
+    dep.refresh_from_db()
+    assert (dep.min_replicas, dep.max_replicas) == (0, 3) and b"scale requested" in scaled.content
+    bad = bob.post(
+        f"/deployments/{dep.pk}/action/", {"action": "rollout", "max_batch_size": "0"}, follow=True
+    )
+    assert b"max_batch_size" in bad.content and dep.revisions.count() == 1
+    gone = bob.post(f"/deployments/{dep.pk}/action/", {"action": "delete"}, follow=True)
+    assert b"Deleting chat" in gone.content
+    assert Deployment.objects.get(pk=dep.pk).state == "DELETING"
+
+
+def test_bad_deploy_input_is_a_message_and_nothing_is_created(cast, version):
+    add_host("cpu-1", cpu_slots=4)
+    bob = browser(cast.bob)
+    url = f"/models/versions/{version.pk}/deploy/"
+    page = bob.post(url, {"name": "Not A Slug", "replicas": "1"}, follow=True)
+    assert b"name:" in page.content and b"slug" in page.content
+    page = bob.post(url, {"name": "ok", "quantization": "int4"}, follow=True)
+    assert b"needs a GPU" in page.content
+    assert not Deployment.objects.exists()
+
+
+def test_other_projects_see_no_page_and_viewers_cannot_change(cast, version):
+    add_host("cpu-1", cpu_slots=4)
+    browser(cast.bob).post(f"/models/versions/{version.pk}/deploy/", {"name": "chat"})
+    dep = Deployment.objects.get(name="chat")
+    dave = browser(cast.dave)
+    assert dave.get(f"/deployments/{dep.pk}/").status_code == 404
+    assert dave.post(f"/deployments/{dep.pk}/action/", {"action": "delete"}).status_code == 404
+    assert dave.post(f"/models/versions/{version.pk}/deploy/", {"name": "x"}).status_code == 404
+    assert b"tiny" not in dave.get("/models/").content
+    carol = browser(cast.carol)
+    refused = carol.post(f"/deployments/{dep.pk}/action/", {"action": "delete"}, follow=True)
+    assert b"role" in refused.content.lower()
+    assert Deployment.objects.get(pk=dep.pk).state != "DELETING"
