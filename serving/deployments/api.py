@@ -123,7 +123,7 @@ def _revision(rev: DeploymentRevision | None) -> dict | None:
         "version": version.version,
         "config": rev.config,
         "broken": rev.broken,
-        "created_at": rev.created_at,
+        "created_at": rev.created_at.isoformat(),
     }
 
 

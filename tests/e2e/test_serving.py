@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -23,7 +25,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.stack import ROOT, Stack
+from tests.e2e.stack import ADMIN_PASSWORD, ROOT, Stack
 from tests.e2e.test_jobs import TERMINAL, attempts, logs, wait_for, wait_state
 
 pytestmark = pytest.mark.e2e
@@ -400,6 +402,80 @@ def test_autoscaling_goes_to_zero_and_a_request_wakes_it(stack):
     text = events(stack, dep_id)
     assert "Scaling up 1 -> 2" in text and text.count("Scaling to zero") == 2, text
     delete(stack, dep_id)
+
+
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (apt-get install chromium)")
+def test_a_browser_deploys_from_the_models_page_and_the_playground_streams(stack, reference):
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="cp-chromium-")
+    errors: list[str] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu",
+                      "--disable-background-networking", "--disable-component-update"],
+            )  # fmt: skip
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{stack.url}/login/")
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", ADMIN_PASSWORD)
+            page.click("button[type=submit], input[type=submit]")
+            page.wait_for_url(f"{stack.url}/")
+            page.goto(f"{stack.url}/models/")
+            form = page.locator("form.deploy").first
+            form.locator("input[name=name]").fill("web")
+            form.locator("button[type=submit]").click()
+            page.wait_for_url("**/deployments/*/")
+            dep_id = int(page.url.rstrip("/").split("/")[-1])
+            # The page follows the deployment live until its replica is ready.
+            try:
+                page.wait_for_function(
+                    "() => document.getElementById('state').textContent === 'ready'",
+                    timeout=120_000,
+                )
+            except Exception:
+                print(page.locator("#conn").inner_text(), page.locator("#state").inner_text(),
+                      errors, deployment(stack, dep_id)["state"])  # fmt: skip
+                raise
+            assert page.locator("#conn").inner_text() == "live"
+            page.wait_for_function(
+                "() => document.querySelectorAll('#replicas tbody tr .state.ready').length === 1",
+                timeout=15_000,
+            )
+            page.fill("#pg-prompt", PROMPT)
+            page.fill("#pg-max", "12")
+            page.click("#pg-go")
+            page.wait_for_function(
+                "() => document.getElementById('pg-out').dataset.done === '1'", timeout=60_000
+            )
+            assert page.locator("#pg-out").inner_text() == reference(PROMPT, 12).strip() or (
+                page.locator("#pg-out").text_content() == reference(PROMPT, 12)
+            )
+            assert "served by r1" in page.locator("#pg-info").inner_text()
+            # Its figures arrive live once the controller has scraped the request.
+            page.wait_for_function(
+                "() => document.getElementById('f-ready').textContent === '1.0'", timeout=15_000
+            )
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("button.danger")
+            page.wait_for_url(f"{stack.url}/deployments/")
+            browser.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert errors == []
+    wait_for(
+        lambda: stack.api.get(f"/api/v1/deployments/{dep_id}/").status_code == 404,
+        60,
+        "the deployment to be gone",
+    )
 
 
 def batch(stack: Stack, rows: list[dict], **spec) -> dict:

@@ -252,3 +252,33 @@ def test_a_deployment_scales_by_preempting_low_priority_training(cast, api, vers
     assert training.attempts.get().stop_requested == "preempt"
     assert Deployment.objects.get(pk=dep_id).replica_set.get().job.state == JobState.PENDING
     assert timezone.now()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_members_websocket_gets_a_snapshot_and_others_are_refused(cast, api, version):
+    from channels.testing import WebsocketCommunicator
+
+    from controlplane.asgi import application
+    from controlplane.tenancy.services import Actor, create_token
+    from tests.asyncio_helpers import run
+
+    add_host("cpu-1", cpu_slots=4)
+    dep_id = create(api, cast.bob, name="chat", replicas=1).json()["id"]
+
+    async def connect(raw: str):
+        ws = WebsocketCommunicator(
+            application,
+            f"/ws/deployments/{dep_id}/",
+            headers=[(b"authorization", f"Bearer {raw}".encode())],
+        )
+        connected, code = await ws.connect()
+        frame = await ws.receive_json_from(timeout=5) if connected else None
+        await ws.disconnect()
+        return connected, code, frame
+
+    tokens = {u: create_token(Actor.system(), u, "ws")[1] for u in (cast.bob, cast.dave)}
+    connected, _, frame = run(lambda: connect(tokens[cast.bob]))
+    assert connected and frame["type"] == "snapshot"
+    assert frame["deployment"]["name"] == "chat" and frame["events"]
+    connected, code, _ = run(lambda: connect(tokens[cast.dave]))
+    assert not connected and code == 4404
