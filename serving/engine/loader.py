@@ -150,6 +150,7 @@ def load_engine(config: EngineConfig) -> tuple[Engine, LoadReport]:
 
 
 def _load_engine(config: EngineConfig) -> tuple[Engine, LoadReport]:
+    quant.defer_transformers_torchao()  # torchao only for the GPU modes that use it
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config.validate()

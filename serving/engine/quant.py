@@ -21,6 +21,8 @@ Zen 5 VM, where oneDNN's packed fp32 GEMM is 2.5-4x faster than either).
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -74,6 +76,57 @@ def _has_torchao() -> bool:
     except ImportError:
         return False
     return True
+
+
+_DEFER_LOCK = threading.Lock()
+
+
+def defer_transformers_torchao() -> None:
+    """Stop transformers from importing torchao before a mode that uses it runs.
+
+    transformers' `quantizers.quantizer_torchao` (imported with `modeling_utils`, that is
+    by every `from_pretrained` / `save_pretrained`) imports torchao at module level
+    whenever it is installed. That costs start-up time and fills every CPU log with
+    torchao's "Failed to load ..._C_mxfp8...so" / "Detected no triton" warnings, though
+    only the GPU int8/int4 modes (`quantize_module_torchao`) use torchao. So that module is
+    imported once here while transformers reports torchao as missing, and its one
+    module-level torchao name gets a stand-in that imports torchao on first call. Nothing
+    else changes: the real availability check is restored everywhere before this returns.
+    A no-op once torchao or that module is imported. Call it before transformers' model
+    code is first imported.
+    """
+    name = "transformers.quantizers.quantizer_torchao"
+    with _DEFER_LOCK:
+        if "torchao" in sys.modules or name in sys.modules:
+            return
+        import transformers.utils as hf_utils
+        import transformers.utils.quantization_config  # noqa: F401  (binds the real check)
+
+        real = hf_utils.is_torchao_available
+
+        def unavailable(*args: object, **kwargs: object) -> bool:
+            return False
+
+        hf_utils.is_torchao_available = unavailable
+        try:
+            import transformers.quantizers.quantizer_torchao as hf_torchao
+        except ImportError:  # another transformers layout: leave it to transformers
+            return
+        finally:
+            hf_utils.is_torchao_available = real
+            for module in list(sys.modules.values()):  # anything bound during the import
+                if getattr(module, "is_torchao_available", None) is unavailable:
+                    module.is_torchao_available = real
+        if real() and not hasattr(hf_torchao, "flatten_tensor_state_dict"):
+
+            def flatten_tensor_state_dict(*args: object, **kwargs: object):
+                from torchao.prototype.safetensors.safetensors_support import (
+                    flatten_tensor_state_dict as flatten,
+                )
+
+                return flatten(*args, **kwargs)
+
+            hf_torchao.flatten_tensor_state_dict = flatten_tensor_state_dict
 
 
 def validate(mode: str, device: torch.device) -> None:

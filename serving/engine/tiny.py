@@ -131,6 +131,10 @@ def build_tiny_llama(
     Random-init unless `train_steps` > 0 (then briefly trained on local text).
     """
     import torch
+
+    from serving.engine.quant import defer_transformers_torchao
+
+    defer_transformers_torchao()
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     if preset not in PRESETS:
