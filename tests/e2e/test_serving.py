@@ -276,6 +276,16 @@ def test_a_deployment_serves_the_openai_api_through_the_gateway(stack, reference
         )
     assert len(served) == 2, served
 
+    # /metrics has the deployment's series (from its replicas) and the gateway's own.
+    def scraped():
+        text = httpx.get(f"{stack.url}/metrics").text
+        return text if 'cp_deployment_requests_total{deployment="chat"' in text else None
+
+    text = wait_for(scraped, 20, "the deployment's series in /metrics")
+    assert 'cp_deployment_replicas{deployment="chat",project="default",state="READY"} 2' in text
+    assert 'cp_deployment_time_to_first_token_seconds_count{deployment="chat"' in text
+    assert 'cp_gateway_requests_total{deployment="chat",status="200"}' in text
+
     # Another project's user sees nothing: a 404 in OpenAI's format, for a real name too.
     made = stack.manage(
         "shell", "-c",
@@ -346,7 +356,8 @@ def test_a_rolling_update_and_a_canary_fail_no_request(stack):
         wait_for(lambda: load.ok >= 800, 240, "800 requests")
     assert load.failures == []
     share = load.revisions["3"] / (load.revisions["2"] + load.revisions["3"])
-    assert 0.19 <= share <= 0.31, load.revisions
+    retries = [x for x in httpx.get(f"{stack.url}/metrics").text.splitlines() if "retries" in x]
+    assert 0.19 <= share <= 0.31, (load.revisions, retries, stack.log()[-3000:])
 
     with Load(stack, "chat") as load:
         promoted = stack.api.post(f"/api/v1/deployments/{dep_id}/promote/")
