@@ -72,3 +72,19 @@ def test_other_projects_see_no_page_and_viewers_cannot_change(cast, version):
     refused = carol.post(f"/deployments/{dep.pk}/action/", {"action": "delete"}, follow=True)
     assert b"role" in refused.content.lower()
     assert Deployment.objects.get(pk=dep.pk).state != "DELETING"
+
+
+def test_the_admin_shows_a_deployment_and_deletes_it_through_the_service(cast, version):
+    add_host("cpu-1", cpu_slots=4)
+    browser(cast.bob).post(f"/models/versions/{version.pk}/deploy/", {"name": "chat"})
+    dep = Deployment.objects.get(name="chat")
+    olga = browser(cast.olga)
+    page = olga.get(f"/admin/serving/deployment/{dep.pk}/change/")
+    assert page.status_code == 200 and b"Created with revision 1" in page.content
+    done = olga.post(
+        "/admin/serving/deployment/",
+        {"action": "delete_through_service", "_selected_action": [dep.pk]},
+        follow=True,
+    )
+    assert b"draining, then deleted" in done.content
+    assert Deployment.objects.get(pk=dep.pk).state == "DELETING"
