@@ -218,7 +218,99 @@ def render() -> str:
             ),
         )
     _jobs(out, frames)
-    return "\n".join(out.lines) + "\n"
+    _deployments(out)
+    return "\n".join(out.lines) + "\n" + gateway_metrics()
+
+
+def gateway_metrics() -> str:
+    """The gateway's own series (``cp_gateway_*``) when it runs in this process (``/v1``
+    on the web server); a gateway run alone serves its own ``/metrics``."""
+    from serving.gateway.app import render_metrics
+
+    return render_metrics().decode()
+
+
+DEPLOYMENT_HISTOGRAMS = (
+    ("cp_deployment_request_latency_seconds", "latency", "Request latency at the replicas."),
+    ("cp_deployment_time_to_first_token_seconds", "ttft", "Time to the first token."),
+    ("cp_deployment_inter_token_latency_seconds", "itl", "Time between streamed tokens."),
+)
+
+
+def _deployments(out: _Text) -> None:
+    """Per deployment: replicas by state, and what its replicas served (summed from their
+    own /metrics by the controller; totals since the deployment was created)."""
+    from serving.deployments import stats
+    from serving.models import REPLICA_LIVE, Deployment, Replica
+
+    deployments = list(
+        Deployment.objects.exclude(state="DELETED").values_list(
+            "pk", "name", "project__name", "replicas"
+        )
+    )
+    if not deployments:
+        return
+    counts: dict[tuple[int, str], int] = {}
+    for dep_id, state in Replica.objects.filter(
+        deployment_id__in=[d[0] for d in deployments], state__in=REPLICA_LIVE
+    ).values_list("deployment_id", "state"):
+        counts[(dep_id, state)] = counts.get((dep_id, state), 0) + 1
+    labels = {pk: {"deployment": name, "project": project} for pk, name, project, _ in deployments}
+    out.family(
+        "cp_deployment_replicas",
+        "gauge",
+        "Replicas of a deployment by state.",
+        (
+            ({**labels[pk], "state": st}, counts.get((pk, st), 0))
+            for pk in labels
+            for st in REPLICA_LIVE
+        ),
+    )
+    out.family(
+        "cp_deployment_replicas_wanted",
+        "gauge",
+        "Replicas the deployment (or its autoscaler) asks for.",
+        ((labels[pk], wanted) for pk, _, _, wanted in deployments),
+    )
+    figures = {pk: stats.cached(pk) for pk in labels}
+    totals = {pk: f.get("totals") or {} for pk, f in figures.items()}
+    out.family(
+        "cp_deployment_requests_total",
+        "counter",
+        "Requests its replicas answered, by HTTP status.",
+        (
+            ({**labels[pk], "status": status}, n)
+            for pk, t in totals.items()
+            for status, n in sorted((t.get("requests") or {}).items())
+        ),
+    )
+    for name, key, help_text in (
+        ("cp_deployment_generated_tokens_total", "tokens", "Tokens generated."),
+        ("cp_deployment_prompt_tokens_total", "prompt_tokens", "Prompt tokens processed."),
+    ):
+        out.family(
+            name, "counter", help_text, ((labels[pk], t.get(key)) for pk, t in totals.items() if t)
+        )
+    for name, key, help_text in (
+        ("cp_deployment_queue_depth", "queue", "Requests waiting at its replicas."),
+        ("cp_deployment_requests_in_flight", "in_flight", "Requests being served."),
+        ("cp_deployment_batch_size", "batch_size", "Mean sequences per engine step, last pass."),
+    ):
+        out.family(
+            name, "gauge", help_text, ((labels[pk], f.get(key)) for pk, f in figures.items())
+        )
+    for name, key, help_text in DEPLOYMENT_HISTOGRAMS:
+        rows = [(pk, t["hists"][key]) for pk, t in totals.items() if key in (t.get("hists") or {})]
+        if not rows:
+            continue
+        out.lines.append(f"# HELP {name} {help_text}")
+        out.lines.append(f"# TYPE {name} histogram")
+        for pk, (bounds, cumulative, total, count) in rows:
+            for bound, n in zip(bounds, cumulative, strict=True):
+                le = "+Inf" if bound == float("inf") else repr(float(bound))
+                out.lines.append(f"{name}_bucket{_labels({**labels[pk], 'le': le})} {_number(n)}")
+            out.lines.append(f"{name}_sum{_labels(labels[pk])} {_number(total)}")
+            out.lines.append(f"{name}_count{_labels(labels[pk])} {_number(count)}")
 
 
 def _jobs(out: _Text, frames: list[dict]) -> None:
