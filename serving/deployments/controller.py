@@ -307,7 +307,7 @@ def reconcile(deployment_id: int, samples: dict[int, stats.Sample], now=None) ->
     clock = time.time()
     with transaction.atomic():
         dep = (
-            Deployment.objects.select_for_update()
+            Deployment.objects.select_for_update(of=("self",))
             .select_related("project", "revision__model_version__model")
             .filter(pk=deployment_id)
             .first()
