@@ -211,7 +211,8 @@ class Load:
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
                     continue
-                if response.status_code == 200 and response.json()["choices"][0]["text"]:
+                # (sampled at temperature 1, a completion may stop at once: empty text)
+                if response.status_code == 200 and "text" in response.json()["choices"][0]:
                     self.ok += 1
                     self.revisions[response.headers["x-cp-revision"]] += 1
                 else:
