@@ -610,6 +610,5 @@ def test_a_deployment_borrows_cpu_slots_from_low_priority_training(stack):
     # On PostgreSQL an attempt is sometimes LOST at start (see issue 11's closing notes).
     assert "PREEMPTED" in states and states[-1] == "RUNNING", states
     assert runs[-1]["resume_from"], runs[-1]
-    wait_for(lambda: "resum" in logs(stack, job_id).lower(), 60, "it to say it resumed")
     stack.api.post(f"/api/v1/jobs/{job_id}/cancel/")
     wait_state(stack, job_id, TERMINAL, timeout=60)
