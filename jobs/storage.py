@@ -8,6 +8,7 @@ NFS, like Determined's shared_fs checkpoint storage).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -36,3 +37,18 @@ def work_dir(job_id: int, attempt: int, rank: int) -> Path:
 def is_inside(path: Path, parent: Path) -> bool:
     path, parent = path.resolve(), parent.resolve()
     return path == parent or parent in path.parents
+
+
+def share_read_only(*paths: Path) -> None:
+    """Let a job's sandbox (its project's uid) read these files or directories; they stay
+    inside the 0700 storage directory, which only the job's own mounts expose."""
+    if os.geteuid() != 0:
+        return
+    for path in paths:
+        if path.is_file():
+            os.chmod(path, 0o644)
+            continue
+        for root, _dirs, files in os.walk(path):
+            os.chmod(root, 0o755)  # noqa: S103 (read-only inside the job's sandbox)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)

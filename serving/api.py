@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, parsers, serializers, status
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,7 +18,7 @@ from rest_framework.response import Response
 from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
 from controlplane.tenancy.api.common import (
     LimitedJSONParser,
-    PayloadTooLarge,
+    LimitedMultiPartParser,
     StrictModelSerializer,
     StrictSerializer,
 )
@@ -84,17 +83,9 @@ class NewVersionSerializer(StrictSerializer):
         return attrs
 
 
-class ModelArchiveParser(parsers.MultiPartParser):
-    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
-        request = (parser_context or {}).get("request")
-        declared = request.META.get("CONTENT_LENGTH", "") if request is not None else ""
-        limit = settings.MODEL_UPLOAD_MAX_BYTES + settings.API_MAX_BODY_BYTES
-        if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(
-                f"The upload is {declared} bytes; models may be at most "
-                f"{settings.MODEL_UPLOAD_MAX_BYTES} bytes."
-            )
-        return super().parse(stream, media_type, parser_context)
+class ModelArchiveParser(LimitedMultiPartParser):
+    limit_setting = "MODEL_UPLOAD_MAX_BYTES"
+    what = "models"
 
 
 class ModelViewSet(

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, parsers, serializers, status
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from controlplane.tenancy.api.base import ProjectScopedViewSet
-from controlplane.tenancy.api.common import LimitedJSONParser, PayloadTooLarge
+from controlplane.tenancy.api.common import LimitedJSONParser, LimitedMultiPartParser
 from controlplane.tenancy.models import Role
 from jobs import queries, services
 from jobs.api.serializers import (
@@ -31,19 +30,11 @@ from jobs.states import JOB_TERMINAL, JobState
 MAX_LOG_CHUNKS = 500
 
 
-class CodeUploadParser(parsers.MultiPartParser):
+class CodeUploadParser(LimitedMultiPartParser):
     """Multipart (``spec`` + a ``code`` archive), refused early when over the upload limit."""
 
-    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
-        request = (parser_context or {}).get("request")
-        declared = request.META.get("CONTENT_LENGTH", "") if request is not None else ""
-        limit = settings.JOB_CODE_MAX_BYTES + settings.API_MAX_BODY_BYTES
-        if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(
-                f"The upload is {declared} bytes; code archives may be at most "
-                f"{settings.JOB_CODE_MAX_BYTES} bytes."
-            )
-        return super().parse(stream, media_type, parser_context)
+    limit_setting = "JOB_CODE_MAX_BYTES"
+    what = "code archives"
 
 
 class JobFilter(filters.FilterSet):

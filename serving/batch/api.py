@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.conf import settings
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, parsers, serializers, status
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
-from controlplane.tenancy.api.common import PayloadTooLarge, StrictSerializer
+from controlplane.tenancy.api.common import LimitedMultiPartParser, StrictSerializer
 from controlplane.tenancy.models import Project
 from jobs.models import Job
 from jobs.states import PRIORITY_BY_NAME, JobKind
@@ -31,17 +30,9 @@ from serving.deployments.config import QUANTIZATION
 from serving.deployments.services import resolve_version
 
 
-class BatchUploadParser(parsers.MultiPartParser):
-    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
-        request = (parser_context or {}).get("request")
-        declared = request.META.get("CONTENT_LENGTH", "") if request is not None else ""
-        limit = settings.BATCH_MAX_INPUT_BYTES + settings.API_MAX_BODY_BYTES
-        if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(
-                f"The upload is {declared} bytes; inputs may be at most "
-                f"{settings.BATCH_MAX_INPUT_BYTES} bytes."
-            )
-        return super().parse(stream, media_type, parser_context)
+class BatchUploadParser(LimitedMultiPartParser):
+    limit_setting = "BATCH_MAX_INPUT_BYTES"
+    what = "inputs"
 
 
 class BatchSpecSerializer(StrictSerializer):

@@ -135,7 +135,7 @@ def create_batch_job(
             folder.mkdir(exist_ok=True)
             path = folder / "input.jsonl"
             shutil.move(tmp, path)
-            _make_readable(folder, path, Path(version.path))
+            storage.share_read_only(folder, path, Path(version.path))
             job.args = [
                 "--model", version.path,
                 "--input", str(path),
@@ -163,20 +163,6 @@ def create_batch_job(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return job
-
-
-def _make_readable(*paths: Path) -> None:
-    """Jobs run as their project's uid: let the sandbox read the input and the model."""
-    if os.geteuid() != 0:
-        return
-    for path in paths:
-        if path.is_file():
-            os.chmod(path, 0o644)
-            continue
-        for root, _dirs, files in os.walk(path):
-            os.chmod(root, 0o755)  # noqa: S103 (read-only inside the job's sandbox)
-            for name in files:
-                os.chmod(os.path.join(root, name), 0o644)
 
 
 def output_root(job: Job) -> Path:

@@ -22,7 +22,6 @@ replica gets SIGTERM, finishes what it is serving and exits.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from controlplane.tenancy.services import Actor
+from jobs import storage
 from jobs.models import Attempt, AttemptNode
 from jobs.services import cancel_job, create_internal_job
 from jobs.states import AttemptState, JobKind, JobState
@@ -153,21 +153,10 @@ def sync_replica(replica: Replica, now) -> bool:
     return routed or (replica.state == ReplicaState.READY and "attempt" in fields)
 
 
-def _make_readable(path: Path) -> None:
-    """A replica runs as its project's uid: let it read the version's files (only its own
-    sandbox ever sees them; the storage directory stays hidden and 0700)."""
-    if os.geteuid() != 0:
-        return
-    for root, _dirs, files in os.walk(path):
-        os.chmod(root, 0o755)  # noqa: S103 (read-only to the sandboxed replica)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)
-
-
 def start_replica(dep: Deployment, revision: DeploymentRevision) -> Replica:
     number = (dep.replica_set.aggregate(n=Max("number"))["n"] or 0) + 1
     version = revision.model_version
-    _make_readable(Path(version.path))
+    storage.share_read_only(Path(version.path))
     config = revision.config
     args = replica_args(config, version.path, dep.name, settings.JOB_STOP_GRACE_SECONDS)
     job = create_internal_job(

@@ -26,6 +26,24 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "payload_too_large"
 
 
+class LimitedMultiPartParser(parsers.MultiPartParser):
+    """Multipart uploads refused early (413) when the declared size is over the setting
+    named by ``limit_setting`` (plus the form fields' allowance)."""
+
+    limit_setting = ""
+    what = "uploads"
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        request = (parser_context or {}).get("request")
+        declared = request.META.get("CONTENT_LENGTH", "") if request is not None else ""
+        allowed = getattr(settings, self.limit_setting)
+        if declared.isdigit() and int(declared) > allowed + settings.API_MAX_BODY_BYTES:
+            raise PayloadTooLarge(
+                f"The upload is {declared} bytes; {self.what} may be at most {allowed} bytes."
+            )
+        return super().parse(stream, media_type, parser_context)
+
+
 class LimitedJSONParser(parsers.JSONParser):
     """JSON bodies up to ``CP_API_MAX_BODY_BYTES``; larger ones get a 413 before parsing."""
 
