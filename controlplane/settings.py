@@ -131,6 +131,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "controlplane.degraded.RedisUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -294,8 +295,9 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        # DRF's, failing open while Redis (where their counters live) is unreachable.
+        "controlplane.degraded.UserRateThrottle",
+        "controlplane.degraded.AnonRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "user": _rate("CP_THROTTLE_USER", "1200/min"),
@@ -409,6 +411,9 @@ JOB_LEASE_RENEW_INTERVAL = env_float(
     "CP_JOB_LEASE_RENEW_INTERVAL", max(0.5, JOB_LEASE_SECONDS / 6), minimum=0.1
 )
 JOB_START_TIMEOUT = env_float("CP_JOB_START_TIMEOUT", 120.0, minimum=1.0)
+# A start message not claimed this long after it was sent is sent again (claims are
+# idempotent): one lost with the broker delays a job by seconds, not the start timeout.
+JOB_START_RESEND = env_float("CP_JOB_START_RESEND", 5.0, minimum=0.5)
 JOB_STOP_GRACE_SECONDS = env_float("CP_JOB_STOP_GRACE_SECONDS", 30.0, minimum=0.0)
 # A job that failed restarts after a pause that doubles with each failure (a crash loop
 # does not spin): BACKOFF seconds before the first restart, at most BACKOFF_MAX.

@@ -13,6 +13,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from controlplane import degraded
+
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 
@@ -30,8 +32,12 @@ def send(job_id: int, payload: dict[str, Any]) -> None:
         async_to_sync(layer.group_send)(
             group(job_id), {"type": "job.event", "event": {"v": SCHEMA_VERSION, **payload}}
         )
+    except degraded.UNREACHABLE as exc:  # Redis is away: one line per outage
+        degraded.REDIS.failed(exc)
     except Exception:  # a realtime hiccup must never fail the write that caused it
         log.warning("could not broadcast an event of job %s", job_id, exc_info=True)
+    else:
+        degraded.REDIS.ok()
 
 
 def send_on_commit(job_id: int, payload: dict[str, Any]) -> None:

@@ -21,6 +21,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from controlplane import degraded
+from controlplane.cluster import services as cluster
+from controlplane.cluster.models import Worker
 from jobs import events, signals, storage
 from jobs.attempt_auth import ATTEMPT_TOKEN_PREFIX
 from jobs.attempt_auth import digest as attempt_token_digest
@@ -43,8 +46,13 @@ _FINAL_STATE = {
 
 
 def request_tick() -> None:
-    """Ask for a scheduler pass after this transaction commits."""
-    transaction.on_commit(lambda: current_app.send_task(TICK_TASK, queue=settings.CONTROL_QUEUE))
+    """Ask for a scheduler pass after this transaction commits. Best effort: with the
+    broker away the periodic pass (Celery beat) places the job once it is back."""
+    transaction.on_commit(
+        lambda: degraded.best_effort(
+            lambda: current_app.send_task(TICK_TASK, queue=settings.CONTROL_QUEUE, retry=False)
+        )
+    )
 
 
 def lease_until(now=None):
@@ -224,6 +232,26 @@ def renew(node_id: int, claim: str) -> Lease:
     return Lease(held=True, stop=stop or "")
 
 
+#: (node id, claim): the fencing token a write from a running node carries.
+Fence = tuple[int, str]
+
+
+def holds(fence: Fence | None) -> bool:
+    """Whether the run that holds ``fence`` still owns its node (None: no node wrote it,
+    e.g. the control plane itself). Call it inside the write's transaction: it locks the
+    node's row, so the reaper cannot give the node up between the check and the write."""
+    if fence is None:
+        return True
+    node_id, claim = fence
+    return (
+        AttemptNode.objects.select_for_update(of=("self",))
+        .filter(pk=node_id, claim=claim, state=NodeState.RUNNING, attempt__state__in=ATTEMPT_LIVE)
+        .values_list("pk", flat=True)
+        .first()
+        is not None
+    )
+
+
 def request_stop(node_id: int, claim: str, reason: str) -> None:
     """A node asks its whole attempt to stop (its worker is shutting down)."""
     Attempt.objects.filter(
@@ -265,6 +293,12 @@ def _give_up_on(node: AttemptNode, attempt: Attempt, why: str, now, reason: str)
     if not attempt.stop_requested:
         attempt.stop_requested = reason
         attempt.reason = why[:300]
+        attempt.save(update_fields=["stop_requested", "reason"])
+    elif attempt.stop_requested == StopReason.PEER_FAILED and reason == StopReason.LOST:
+        # A peer exited first because this node's host went away (its collective broke):
+        # the attempt was lost with that host, and its reason names the host.
+        attempt.stop_requested = reason
+        attempt.reason = f"{why}; then {attempt.reason}"[:300]
         attempt.save(update_fields=["stop_requested", "reason"])
 
 
@@ -378,26 +412,46 @@ def reap(now=None) -> int:
     expired = AttemptNode.objects.filter(
         state=NodeState.RUNNING, lease_expires_at__lt=now, attempt__state__in=ATTEMPT_LIVE
     ).values_list("pk", flat=True)
-    never_started = AttemptNode.objects.filter(
-        state=NodeState.WAITING,
-        attempt__state__in=ATTEMPT_LIVE,
-        attempt__stop_requested="",
-        attempt__created_at__lt=now - timedelta(seconds=settings.JOB_START_TIMEOUT),
+    waiting = AttemptNode.objects.filter(
+        state=NodeState.WAITING, attempt__state__in=ATTEMPT_LIVE, attempt__stop_requested=""
+    )
+    never_started = waiting.filter(
+        attempt__created_at__lt=now - timedelta(seconds=settings.JOB_START_TIMEOUT)
     ).values_list("pk", flat=True)
-    for node_id, why in [(pk, "lease") for pk in expired] + [(pk, "start") for pk in never_started]:
+    # Placed on a host that went offline (or lost a lease) before it started the node:
+    # place it again now rather than after CP_JOB_START_TIMEOUT.
+    usable = Worker.objects.online(now).filter(suspect_since=None).values("pk")
+    stranded = waiting.exclude(worker_id__in=usable).values_list("pk", flat=True)
+    candidates = (
+        [(pk, "lease") for pk in expired]
+        + [(pk, "start") for pk in never_started]
+        + [(pk, "host") for pk in stranded]
+    )
+    for node_id, why in candidates:
         with transaction.atomic():
             node = AttemptNode.objects.select_related("attempt").get(pk=node_id)
             attempt = Attempt.objects.select_for_update().get(pk=node.attempt_id)
             node.refresh_from_db()
             if attempt.state not in ATTEMPT_LIVE or node.state == NodeState.EXITED:
                 continue
+            if why in ("start", "host") and node.state != NodeState.WAITING:
+                continue  # claimed meanwhile
             if why == "lease" and (node.lease_expires_at is None or node.lease_expires_at >= now):
                 continue  # renewed meanwhile
-            message = (
-                f"node {node.rank} on {node.worker_name} stopped renewing its lease (worker lost)"
-                if why == "lease"
-                else f"node {node.rank} was never started by {node.worker_name}"
-            )
+            if why == "lease":
+                message = (
+                    f"node {node.rank} on {node.worker_name} stopped renewing its lease "
+                    "(worker lost)"
+                )
+                # Until it heartbeats again, the host gets no new work (this job's included).
+                cluster.mark_suspect(node.worker_name, now)
+            elif why == "host":
+                message = (
+                    f"node {node.rank} was never started: its host {node.worker_name} went "
+                    "offline or lost a lease first"
+                )
+            else:
+                message = f"node {node.rank} was never started by {node.worker_name}"
             reason = StopReason.LOST if why == "lease" else StopReason.NOT_STARTED
             _give_up_on(node, attempt, message, now, reason)
             settle(attempt, now)

@@ -175,6 +175,9 @@ class AttemptNode(models.Model):
     )
     ready_at = models.DateTimeField(null=True, blank=True)
     ready_info = models.JSONField(default=dict, blank=True)
+    sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its start message was last sent."
+    )
     claimed_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     exit_code = models.IntegerField(null=True, blank=True)

@@ -1,5 +1,10 @@
 """What a running job produces, recorded for it: log chunks (with a per-job cap), metrics
-and checkpoints (with the keep-last-K policy). Each is also sent to the job's watchers."""
+and checkpoints (with the keep-last-K policy). Each is also sent to the job's watchers.
+
+A write from a running node carries its ``fence`` (node id, claim): it is accepted only
+while that run still owns the node, so an attempt that was given up on (its worker froze
+or was cut off past its lease) cannot add logs, metrics or checkpoints to the job once
+another attempt may be running."""
 
 from __future__ import annotations
 
@@ -13,19 +18,23 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs import events, storage
-from jobs.lifecycle import remove_tree
+from jobs.lifecycle import Fence, holds, remove_tree
 from jobs.models import Checkpoint, Job, LogChunk, Metric
 
 MAX_METRIC_NAME = 100
 MAX_METRICS_PER_REPORT = 100
 
 
-def record_logs(job_id: int, attempt: int, node: int, text: str) -> LogChunk | None:
+def record_logs(
+    job_id: int, attempt: int, node: int, text: str, fence: Fence | None = None
+) -> LogChunk | None:
     """Append output; past the job's cap, one truncation marker and then nothing."""
     if not text:
         return None
     cap = settings.JOB_LOG_CAP_BYTES
     with transaction.atomic():
+        if not holds(fence):
+            return None
         job = Job.objects.select_for_update().only("log_bytes", "log_truncated").get(pk=job_id)
         if job.log_truncated:
             return None
@@ -60,23 +69,31 @@ def _clean_values(values: dict[str, Any]) -> dict[str, float]:
 
 
 def record_metrics(
-    job_id: int, attempt: int, step: int, values: dict[str, Any], total: int | None = None
+    job_id: int,
+    attempt: int,
+    step: int,
+    values: dict[str, Any],
+    total: int | None = None,
+    fence: Fence | None = None,
 ) -> list[Metric]:
     """Store one report (``step`` and named numbers); non-finite or odd values are dropped."""
     clean = _clean_values(values)
     if not clean:
         return []
     now = timezone.now()
-    rows = Metric.objects.bulk_create(
-        [
-            Metric(job_id=job_id, attempt=attempt, step=step, name=n, value=v, created_at=now)
-            for n, v in clean.items()
-        ]
-    )
     progress = {"step": step, "metrics": clean, "time": now.isoformat()}
     if total:
         progress["total"] = int(total)
-    Job.objects.filter(pk=job_id).update(progress=progress)
+    with transaction.atomic():
+        if not holds(fence):
+            return []
+        rows = Metric.objects.bulk_create(
+            [
+                Metric(job_id=job_id, attempt=attempt, step=step, name=n, value=v, created_at=now)
+                for n, v in clean.items()
+            ]
+        )
+        Job.objects.filter(pk=job_id).update(progress=progress)
     last_id = max((r.pk for r in rows if r.pk), default=None)
     events.send(
         job_id,
@@ -92,7 +109,12 @@ def _size(path: Path) -> int:
 
 
 def record_checkpoint(
-    job_id: int, attempt_id: int | None, step: int, path: str, metrics: dict | None = None
+    job_id: int,
+    attempt_id: int | None,
+    step: int,
+    path: str,
+    metrics: dict | None = None,
+    fence: Fence | None = None,
 ) -> Checkpoint | None:
     """Register a complete checkpoint; prune the oldest beyond the job's keep policy."""
     root = storage.checkpoint_root(job_id)
@@ -100,6 +122,8 @@ def record_checkpoint(
     if not target.exists() or not storage.is_inside(target, root):
         return None  # only checkpoints written where the job was told to write them
     with transaction.atomic():
+        if not holds(fence):
+            return None
         job = Job.objects.select_for_update().only("checkpoint_keep").get(pk=job_id)
         checkpoint, _ = Checkpoint.objects.update_or_create(
             job_id=job_id,
@@ -131,7 +155,9 @@ def record_checkpoint(
     return checkpoint
 
 
-def record_model(job_id: int, path: str, metrics: dict | None = None) -> bool:
+def record_model(
+    job_id: int, path: str, metrics: dict | None = None, fence: Fence | None = None
+) -> bool:
     """Note the finished model a job offers the registry (registered if the job succeeds).
 
     Only a directory inside the job's own storage with a ``config.json`` counts."""
@@ -140,7 +166,10 @@ def record_model(job_id: int, path: str, metrics: dict | None = None) -> bool:
         return False
     if not (target / "config.json").is_file():
         return False
-    Job.objects.filter(pk=job_id).update(
-        model_path=str(target.resolve()), model_metrics=_clean_values(metrics or {})
-    )
+    with transaction.atomic():
+        if not holds(fence):
+            return False
+        Job.objects.filter(pk=job_id).update(
+            model_path=str(target.resolve()), model_metrics=_clean_values(metrics or {})
+        )
     return True

@@ -50,7 +50,12 @@ class Running:
 def load_hosts(now) -> dict[int, Host]:
     hosts: dict[int, Host] = {}
     # A host that cannot sandbox workloads (bubblewrap missing) runs none.
-    workers = Worker.objects.online(now).exclude(sandbox__startswith="unavailable")
+    # Nor one that just lost a lease (frozen, cut off, or dead before it shows offline).
+    workers = (
+        Worker.objects.online(now)
+        .exclude(sandbox__startswith="unavailable")
+        .filter(suspect_since=None)
+    )
     for worker in workers.values("id", "name", "address", "cpu_slots", "container_runtime"):
         hosts[worker["id"]] = Host(
             id=worker["id"],

@@ -31,15 +31,17 @@ import heapq
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from celery import current_app
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from controlplane.tenancy.models import Project
 from jobs import lifecycle
-from jobs.models import Attempt, AttemptNode, Checkpoint, Job, Reservation
+from jobs.models import Attempt, AttemptNode, Checkpoint, Job, NodeState, Reservation
 from jobs.placement import (
     Host,
     Pending,
@@ -51,7 +53,7 @@ from jobs.placement import (
     reserve,
     victims,
 )
-from jobs.states import JobKind, JobState, Priority, StopReason
+from jobs.states import ATTEMPT_LIVE, JobKind, JobState, Priority, StopReason
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x6370_5343  # "cpSC": the advisory lock of a scheduling pass
@@ -169,6 +171,7 @@ def _create_attempts(placements: list[Placement], now) -> list[Attempt]:
                     worker_name=host.name,
                     gpu_indices=picked if gpu_job else [],
                     cpu_slots=0 if gpu_job else len(picked),
+                    sent_at=now,  # dispatched when this pass commits
                 )
             )
             picks.append(picked)
@@ -354,6 +357,30 @@ def _announce(job_ids: list[int]) -> None:
 
     for job in Job.objects.filter(pk__in=job_ids):
         events.send(job.pk, events.job_state(job))
+
+
+def resend_unclaimed(now=None) -> int:
+    """Send the start message again for nodes their host has not claimed within
+    ``CP_JOB_START_RESEND`` seconds (the message was lost with the broker, or its host
+    restarted): claiming is idempotent, so a duplicate does nothing. Returns how many."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.JOB_START_RESEND)
+    due = list(
+        AttemptNode.objects.filter(
+            state=NodeState.WAITING,
+            attempt__state__in=ATTEMPT_LIVE,
+            attempt__stop_requested="",
+            sent_at__lt=cutoff,
+        ).values_list("pk", "attempt_id", "rank", "worker_name")
+    )
+    sent = 0
+    for node_id, attempt_id, rank, worker_name in due:
+        if AttemptNode.objects.filter(pk=node_id, state=NodeState.WAITING).update(sent_at=now):
+            current_app.send_task(
+                RUN_ATTEMPT_TASK, args=[attempt_id, rank], queue=f"host.{worker_name}"
+            )
+            sent += 1
+    return sent
 
 
 def _dispatch(attempt_ids: list[int]) -> None:

@@ -9,7 +9,14 @@ from jobs import lifecycle, scheduler
 
 @shared_task(name=lifecycle.TICK_TASK, ignore_result=True)
 def tick() -> dict:
-    """Reap lost attempts, stop overdue ones, then one scheduling pass."""
+    """Reap lost attempts, stop overdue ones, send unclaimed starts again, then one
+    scheduling pass."""
     lost = lifecycle.reap()
+    resent = scheduler.resend_unclaimed()
     decision = scheduler.schedule()
-    return {"lost": lost, "placed": len(decision.placed), "preempted": len(decision.preempted)}
+    return {
+        "lost": lost,
+        "resent": resent,
+        "placed": len(decision.placed),
+        "preempted": len(decision.preempted),
+    }

@@ -12,6 +12,12 @@ there is one), with a pipe on its stdin (the lifeline). The guard:
   in sessions of their own) are re-parented to it and can still be found and killed;
 - when the lifeline closes (the launcher asked for a hard stop, or its worker died, even by
   SIGKILL) kills every descendant with SIGKILL and exits;
+- with ``--fence TERM,KILL[,AGE]``, fences itself: the launcher writes an ``R`` to the
+  lifeline each time it renewed the node's lease, and when none came for TERM seconds the
+  guard passes SIGTERM on, for KILL seconds it kills everything (both well before the lease
+  can expire and the control plane places the job again). This holds when the worker is
+  frozen (SIGSTOP, swapped out) or cut off from the database, which no lifeline closing
+  would tell. AGE: how old the last renewal already was when the guard started;
 - when the child exits, stops whatever descendants it left behind.
 
 Standard library only, so it starts fast.
@@ -28,6 +34,9 @@ import threading
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
+#: The guard's exit code when it stopped the workload itself (no lease renewal came):
+#: whatever the workload exited with, its run does not count as finished.
+FENCED_EXIT = 250
 
 
 def _become_subreaper() -> None:
@@ -86,14 +95,57 @@ def _reap_all() -> None:
             return
 
 
-def _hard_stop() -> None:
+def _hard_stop(code: int = 137) -> None:
     _signal_all(signal.SIGKILL)
-    os._exit(137)
+    os._exit(code)
 
 
-def _watch_lifeline(on_term) -> None:
+class Fence:
+    """When the node's lease was last renewed, and what to do as that grows old."""
+
+    def __init__(self, term_after: float, kill_after: float, age: float = 0.0) -> None:
+        self.term_after = term_after
+        self.kill_after = kill_after
+        self.renewed = time.monotonic() - age
+        self.tripped = False  # it stopped the workload
+
+    def renew(self) -> None:
+        self.renewed = time.monotonic()
+
+    def watch(self, on_term) -> None:
+        """Runs on a thread of its own: SIGTERM, then SIGKILL, if renewals stop coming."""
+        termed = False
+        while True:
+            silent = time.monotonic() - self.renewed
+            if silent >= self.kill_after:
+                _say(f"no lease renewal for {silent:.1f} s: killing the workload (self-fencing)")
+                _hard_stop(FENCED_EXIT)
+            if silent >= self.term_after and not termed:
+                termed = self.tripped = True
+                _say(f"no lease renewal for {silent:.1f} s: stopping the workload (self-fencing)")
+                on_term()
+            time.sleep(0.05)
+
+
+def parse_fence(text: str) -> Fence:
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) not in (2, 3) or not 0 < parts[0] <= parts[1]:
+        raise ValueError("--fence takes TERM,KILL[,AGE] seconds with 0 < TERM <= KILL")
+    return Fence(*parts)
+
+
+def _say(message: str) -> None:
+    try:
+        os.write(2, f"[guard] {message}\n".encode())
+    except OSError:
+        pass
+
+
+def _watch_lifeline(on_term, fence: Fence | None) -> None:
     try:
         while data := os.read(0, 4096):
+            if fence is not None and b"R" in data:
+                fence.renew()
             if b"T" in data:
                 on_term()
     except OSError:
@@ -102,10 +154,21 @@ def _watch_lifeline(on_term) -> None:
 
 
 def main(argv: list[str]) -> int:
+    fence = None
+    if argv[:1] == ["--fence"] and len(argv) > 1:
+        try:
+            fence = parse_fence(argv[1])
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        argv = argv[2:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: python -m workers.guard -- COMMAND [ARGS...]", file=sys.stderr)
+        print(
+            "usage: python -m workers.guard [--fence TERM,KILL[,AGE]] -- COMMAND [ARGS...]",
+            file=sys.stderr,
+        )
         return 2
     _become_subreaper()
     try:
@@ -125,7 +188,9 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    threading.Thread(target=_watch_lifeline, args=(forward,), daemon=True).start()
+    threading.Thread(target=_watch_lifeline, args=(forward, fence), daemon=True).start()
+    if fence is not None:
+        threading.Thread(target=fence.watch, args=(forward,), daemon=True).start()
     code = child.wait()
     # Leftovers (a rank that ignored its parent's exit): ask, then insist.
     if descendants(os.getpid()):
@@ -136,6 +201,8 @@ def main(argv: list[str]) -> int:
             time.sleep(0.05)
         _signal_all(signal.SIGKILL)
     _reap_all()
+    if fence is not None and fence.tripped:
+        return FENCED_EXIT
     return 128 - code if code < 0 else code
 
 

@@ -7,10 +7,13 @@ handed to the project's uid), builds the processes' environment from scratch (ne
 control plane's own secrets), starts ``torch.distributed.run`` (or, for a one-process job,
 the entrypoint itself with the same variables torchrun would set) under ``workers.guard``
 inside a bubblewrap sandbox (see workers/runtime/sandbox.py), and until the processes exit:
-streams their output into log chunks, turns SDK events into metrics and checkpoints,
-renews the lease, and stops the processes when asked (cancel, preemption, max_runtime, a
-failed peer node, this worker shutting down): SIGTERM, then SIGKILL after the grace
-period. If this worker dies, the guard kills the processes (see workers/guard.py).
+streams their output into log chunks, turns SDK events into metrics and checkpoints
+(each write fenced by the node's claim: a run that lost its lease writes nothing), and
+stops the processes when asked (cancel, preemption, max_runtime, a failed peer node, this
+worker shutting down): SIGTERM, then SIGKILL after the grace period. The lease is renewed
+on a thread of its own (workers/lease.py); when renewals fail the node stops itself before
+the lease can expire. If this worker dies or freezes, the guard kills the processes (see
+workers/guard.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from jobs.lifecycle import NodePlan
 from jobs.spec import secret_refs
 from jobs.states import JobKind, StopReason
 from workers import host
+from workers.guard import FENCED_EXIT
+from workers.lease import LeaseKeeper, fence_after
 from workers.runtime import containers, environments, sandbox
 
 log = logging.getLogger(__name__)
@@ -220,7 +225,9 @@ class NodeRun:
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         self.builder: environments.Builder | None = None  # holds the node's environment
         self.container = ""  # the node's container name, for an image job
-        self._alive_until = 0.0  # next lease renewal while the environment is prepared
+        self.keeper: LeaseKeeper | None = None
+        self.self_fenced = ""  # why the node stopped itself (no lease renewal), if it did
+        self._lifeline = threading.Lock()  # the keeper and the main loop both write to it
         self.error = ""  # what the workload said went wrong (an SDK "error" event)
 
     # --- start -------------------------------------------------------------------------
@@ -230,6 +237,18 @@ class NodeRun:
         if self.plan is None:
             return "not claimed (a duplicate start, or the attempt ended)"
         plan = self.plan
+        self.keeper = LeaseKeeper(
+            plan.node_id, plan.claim, f"node {plan.rank} of attempt {plan.attempt_id}"
+        )
+        self.keeper.start()
+        try:
+            return self._run()
+        finally:
+            self.keeper.close()
+
+    def _run(self) -> str:
+        plan, keeper = self.plan, self.keeper
+        assert plan is not None and keeper is not None
         try:
             master = self._rendezvous()
             if master is False:
@@ -247,9 +266,8 @@ class NodeRun:
             )
         except environments.Stopped:
             self._release()
-            lease = self._lease_now()
-            if lease is not None and lease.held:
-                lifecycle.finish_node(plan.node_id, plan.claim, 0)
+            if keeper.silent_for() < fence_after()[0]:
+                lifecycle.finish_node(plan.node_id, plan.claim, 0)  # fenced: changes nothing
             return "stopped while its environment was prepared"
         except environments.BuildError as exc:
             self._release()
@@ -267,12 +285,24 @@ class NodeRun:
             log.exception("could not start node %s of attempt %s", self.rank, self.attempt_id)
             lifecycle.finish_node(plan.node_id, plan.claim, None, f"launcher error: {exc}")
             return "failed to start"
+        keeper.on_renewed = self._tell_renewed
         lifecycle.set_pid(plan.node_id, plan.claim, self.proc.pid)
         try:
             outcome = self._supervise(EventTail(work / ".cp-events.jsonl"))
         finally:
             self._release()
-        if not outcome.fenced:
+        if outcome.exit_code == FENCED_EXIT and not self.self_fenced:
+            self.self_fenced = "its guard stopped it: no lease renewal came in time"
+        if self.self_fenced and not outcome.fenced:
+            # Not an exit of the workload's own: the job runs again (from its checkpoint).
+            lifecycle.finish_node(
+                plan.node_id,
+                plan.claim,
+                outcome.exit_code,
+                f"node {plan.rank} on {settings.HOSTNAME} stopped itself: {self.self_fenced}",
+                stop_reason=StopReason.LOST,
+            )
+        elif not outcome.fenced:
             detail = f"node {plan.rank}: {self.error}" if self.error and outcome.exit_code else ""
             lifecycle.finish_node(plan.node_id, plan.claim, outcome.exit_code, detail)
         return f"exited {outcome.exit_code}" + (" (fenced)" if outcome.fenced else "")
@@ -318,7 +348,7 @@ class NodeRun:
                 uid=uid,
             )
             host_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-            return [sys.executable, "-S", "-m", "workers.guard", "--", *run], host_env
+            return [*self._guard(), *run], host_env
         request = environments.request_from_spec(plan.environment, work)
         venv: Path | None = None
         if request is not None:
@@ -335,7 +365,7 @@ class NodeRun:
         env = build_env(plan, master, events, venv=venv, sandboxed=sandboxed)
         # -S: the guard needs only the standard library; skipping site saves a good part
         # of its start-up time. It runs inside the sandbox, above the workload.
-        guarded = [sys.executable, "-S", "-m", "workers.guard", "--", *command]
+        guarded = [*self._guard(), *command]
         mounts = [Path(p) for p in plan.mounts or [] if Path(p).is_absolute()]
         layout = sandbox.Layout(
             work_dir=work,
@@ -351,31 +381,43 @@ class NodeRun:
         )
         return sandbox.wrap(guarded, layout), env
 
+    def _guard(self) -> list[str]:
+        """The guard's argv, fenced by this node's lease (see workers/guard.py)."""
+        assert self.keeper is not None
+        term, kill = fence_after()
+        fence = f"{term:g},{kill:g},{self.keeper.silent_for():.3f}"
+        # -S: the guard needs only the standard library; skipping site saves a good part
+        # of its start-up time.
+        return [sys.executable, "-S", "-m", "workers.guard", "--fence", fence, "--"]
+
+    def _tell_renewed(self) -> None:
+        """The keeper renewed the lease: the guard's deadline moves on."""
+        self._write_lifeline(b"R")
+
+    def _write_lifeline(self, data: bytes) -> bool:
+        assert self.proc is not None and self.proc.stdin is not None
+        with self._lifeline:
+            try:
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+                return True
+            except (OSError, ValueError):  # the guard is gone, or the lifeline closed
+                return False
+
     def _log(self, text: str) -> None:
         self._flush_logs([text.encode()])
 
-    def _lease_now(self) -> lifecycle.Lease | None:
-        """Renew the node's lease now; None when the database is away (keep going until
-        the lease runs out)."""
-        plan = self.plan
-        assert plan is not None
-        close_old_connections()
-        try:
-            return lifecycle.renew(plan.node_id, plan.claim)
-        except Exception:
-            log.warning("lease renewal failed", exc_info=True)
-            return None
-
     def _keep_alive(self) -> bool:
-        """Renew the lease while the environment is prepared; False: stop preparing."""
-        now = time.monotonic()
-        if now < self._alive_until:
-            return True
-        self._alive_until = now + settings.JOB_LEASE_RENEW_INTERVAL
-        lease = self._lease_now()
-        if lease is None:
-            return True  # the database is away: keep going until the lease runs out
-        return lease.held and not lease.stop and not DRAINING.is_set()
+        """While the environment is prepared: False means stop preparing (fenced, asked
+        to stop, or the lease could not be renewed for too long)."""
+        keeper = self.keeper
+        assert keeper is not None
+        return (
+            not keeper.fenced.is_set()
+            and not keeper.stop
+            and not DRAINING.is_set()
+            and keeper.silent_for() < fence_after()[0]
+        )
 
     def _release(self) -> None:
         if self.builder is not None:
@@ -399,19 +441,17 @@ class NodeRun:
             lifecycle.publish_master(plan.attempt_id, *master)
             return master
         deadline = time.monotonic() + settings.JOB_START_TIMEOUT
-        renew_at = 0.0
+        keeper = self.keeper
+        assert keeper is not None
         while time.monotonic() < deadline:
             master = lifecycle.master_of(plan.attempt_id)
             if master:
                 return master
-            if time.monotonic() >= renew_at:
-                lease = lifecycle.renew(plan.node_id, plan.claim)
-                if not lease.held:
-                    return False
-                if lease.stop:
-                    lifecycle.finish_node(plan.node_id, plan.claim, 0)
-                    return False
-                renew_at = time.monotonic() + settings.JOB_LEASE_RENEW_INTERVAL
+            if keeper.fenced.is_set():
+                return False
+            if keeper.stop or keeper.silent_for() >= fence_after()[0]:
+                lifecycle.finish_node(plan.node_id, plan.claim, 0)
+                return False
             time.sleep(0.1)
         raise RuntimeError("node 0 never published its rendezvous address")
 
@@ -437,15 +477,16 @@ class NodeRun:
         self.lines.put(None)
 
     def _supervise(self, tail: EventTail) -> Outcome:
-        plan, proc = self.plan, self.proc
-        assert plan is not None and proc is not None
+        plan, proc, keeper = self.plan, self.proc, self.keeper
+        assert plan is not None and proc is not None and keeper is not None
         threading.Thread(target=self._read_output, daemon=True).start()
         buffer: list[bytes] = []
         size = 0
         last_flush = 0.0  # the first line after a quiet spell goes out at once
-        renew_at = time.monotonic() + settings.JOB_LEASE_RENEW_INTERVAL
         pids_at = time.monotonic() + PIDS_INTERVAL
+        term_after, kill_after = fence_after()
         kill_at: float | None = None
+        drain_asked = False
         output_done = False
         while True:
             if output_done:  # only the exit is left to wait for
@@ -470,25 +511,36 @@ class NodeRun:
             self._handle_events(tail.read())
             if now >= pids_at:  # soon after start too, so telemetry attributes at once
                 pids_at = now + PIDS_INTERVAL
+                close_old_connections()  # drop a connection the database broke meanwhile
                 self._record_pids()
-            if now >= renew_at:
-                renew_at = now + settings.JOB_LEASE_RENEW_INTERVAL
-                lease = self._lease_now()
-                if lease is not None and not lease.held:
-                    log.warning("node %s of attempt %s was fenced", plan.rank, plan.attempt_id)
-                    self._hard_stop()
-                    return Outcome(exit_code=proc.wait(), fenced=True)
-                if DRAINING.is_set() and kill_at is None:
+            if keeper.fenced.is_set():
+                log.warning("node %s of attempt %s was fenced", plan.rank, plan.attempt_id)
+                self._hard_stop()
+                return Outcome(exit_code=proc.wait(), fenced=True)
+            if DRAINING.is_set() and not drain_asked:
+                drain_asked = True
+                try:
                     lifecycle.request_stop(plan.node_id, plan.claim, StopReason.DRAIN)
-                if lease is not None and (lease.stop or DRAINING.is_set()) and kill_at is None:
-                    log.info(
-                        "stopping node %s of attempt %s: %s",
-                        plan.rank,
-                        plan.attempt_id,
-                        lease.stop or "drain",
-                    )
-                    self._terminate()
-                    kill_at = now + settings.JOB_STOP_GRACE_SECONDS
+                except Exception:
+                    log.warning("could not ask the attempt to stop", exc_info=True)
+            stop = keeper.stop or ("drain" if DRAINING.is_set() else "")
+            if stop and kill_at is None:
+                log.info("stopping node %s of attempt %s: %s", plan.rank, plan.attempt_id, stop)
+                self._terminate()
+                kill_at = now + settings.JOB_STOP_GRACE_SECONDS
+            silent = keeper.silent_for()
+            if silent >= term_after and not self.self_fenced:
+                # Stop before the control plane may give the node up and start another.
+                self.self_fenced = f"no lease renewal for {silent:.1f} s"
+                log.warning(
+                    "node %s of attempt %s stops itself: %s",
+                    plan.rank,
+                    plan.attempt_id,
+                    self.self_fenced,
+                )
+                self._terminate()
+                deadline = now + kill_after - silent
+                kill_at = deadline if kill_at is None else min(kill_at, deadline)
             if kill_at is not None and now >= kill_at and proc.poll() is None:
                 self._hard_stop()
             if output_done and proc.poll() is not None:
@@ -516,11 +568,8 @@ class NodeRun:
     def _terminate(self) -> None:
         """Ask the guard (in the sandbox, where a signal would not reach) to pass SIGTERM
         on to the workload."""
-        assert self.proc is not None and self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(b"T")
-            self.proc.stdin.flush()
-        except (OSError, ValueError):
+        assert self.proc is not None
+        if not self._write_lifeline(b"T"):
             try:
                 self.proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
@@ -528,10 +577,11 @@ class NodeRun:
 
     def _hard_stop(self) -> None:
         assert self.proc is not None and self.proc.stdin is not None
-        try:
-            self.proc.stdin.close()  # the lifeline: the guard SIGKILLs everything
-        except OSError:
-            pass
+        with self._lifeline:
+            try:
+                self.proc.stdin.close()  # the lifeline: the guard SIGKILLs everything
+            except OSError:
+                pass
         if self.container:
             containers.remove(self.container)
 
@@ -540,9 +590,14 @@ class NodeRun:
         assert plan is not None
         text = b"".join(lines).decode("utf-8", "replace")
         try:
-            outputs.record_logs(plan.job_id, plan.attempt, plan.rank, text)
+            outputs.record_logs(plan.job_id, plan.attempt, plan.rank, text, fence=self._fence)
         except Exception:
             log.warning("could not store log output", exc_info=True)
+
+    @property
+    def _fence(self) -> lifecycle.Fence:
+        assert self.plan is not None
+        return (self.plan.node_id, self.plan.claim)
 
     def _handle_events(self, found: list[dict]) -> None:
         plan = self.plan
@@ -555,11 +610,19 @@ class NodeRun:
                     if kind != "train":
                         values = {f"{kind}/{k}": v for k, v in values.items()}
                     outputs.record_metrics(
-                        plan.job_id, plan.attempt, int(event["step"]), values, event.get("total")
+                        plan.job_id,
+                        plan.attempt,
+                        int(event["step"]),
+                        values,
+                        event.get("total"),
+                        fence=self._fence,
                     )
                 elif event.get("type") == "model":
                     outputs.record_model(
-                        plan.job_id, str(event["path"]), event.get("metrics") or {}
+                        plan.job_id,
+                        str(event["path"]),
+                        event.get("metrics") or {},
+                        fence=self._fence,
                     )
                 elif event.get("type") == "ready" and plan.kind == JobKind.REPLICA:
                     self._ready(int(event["port"]), event.get("info") or {})
@@ -572,6 +635,7 @@ class NodeRun:
                         int(event["step"]),
                         str(event["path"]),
                         event.get("metrics") or {},
+                        fence=self._fence,
                     )
             except (KeyError, TypeError, ValueError):
                 log.info("ignored a malformed SDK event: %r", event)

@@ -49,6 +49,11 @@ class Worker(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     last_heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    suspect_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="It lost a job's lease: no work is placed on it until it heartbeats again.",
+    )
 
     objects = WorkerQuerySet.as_manager()
 

@@ -62,6 +62,7 @@ def register_worker(info: HostInfo) -> Worker:
         "started_at": now,
         "last_heartbeat_at": now,
         "stopped_at": None,
+        "suspect_since": None,
     }
     worker, created = Worker.objects.select_for_update().update_or_create(
         name=info.name, defaults=values
@@ -91,12 +92,19 @@ def register_worker(info: HostInfo) -> Worker:
 
 
 def heartbeat(name: str, pid: int | None = None) -> bool:
-    """Note that the host is alive. False when its row is gone or another process owns it."""
+    """Note that the host is alive (and no longer suspect, if it lost a lease). False when
+    its row is gone or another process owns it."""
     now = timezone.now()
     rows = Worker.objects.filter(name=name, stopped_at=None)
     if pid is not None:
         rows = rows.filter(pid=pid)
-    return rows.update(last_heartbeat_at=now) == 1
+    return rows.update(last_heartbeat_at=now, suspect_since=None) == 1
+
+
+def mark_suspect(name: str, when) -> None:
+    """The host lost a job's lease (frozen, cut off, or dead): place nothing on it until it
+    heartbeats again."""
+    Worker.objects.filter(name=name, stopped_at=None).update(suspect_since=when)
 
 
 @transaction.atomic

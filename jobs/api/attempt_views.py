@@ -90,7 +90,12 @@ class AttemptMetricsView(AttemptView):
         if data["kind"] != "train":
             values = {f"{data['kind']}/{k}": v for k, v in values.items()}
         rows = outputs.record_metrics(
-            node.attempt.job_id, node.attempt.number, data["step"], values, data.get("total")
+            node.attempt.job_id,
+            node.attempt.number,
+            data["step"],
+            values,
+            data.get("total"),
+            fence=(node.pk, node.claim),
         )
         return Response({"stored": len(rows)}, status=status.HTTP_201_CREATED)
 
@@ -107,7 +112,12 @@ class AttemptCheckpointsView(AttemptView):
         data = report.validated_data
         node = request.user.node
         checkpoint = outputs.record_checkpoint(
-            node.attempt.job_id, node.attempt_id, data["step"], data["path"], data["metrics"]
+            node.attempt.job_id,
+            node.attempt_id,
+            data["step"],
+            data["path"],
+            data["metrics"],
+            fence=(node.pk, node.claim),
         )
         if checkpoint is None:
             raise serializers.ValidationError(

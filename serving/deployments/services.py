@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
+from controlplane import degraded
 from controlplane.tenancy.errors import Conflict
 from controlplane.tenancy.models import Project, Role
 from controlplane.tenancy.services import Actor, record, require_role
@@ -40,7 +41,9 @@ def _invalid(field: str, message: str) -> ValidationError:
 def request_reconcile() -> None:
     """A controller pass after this transaction commits (the periodic one comes anyway)."""
     transaction.on_commit(
-        lambda: current_app.send_task(RECONCILE_TASK, queue=settings.CONTROL_QUEUE)
+        lambda: degraded.best_effort(
+            lambda: current_app.send_task(RECONCILE_TASK, queue=settings.CONTROL_QUEUE, retry=False)
+        )
     )
 
 
@@ -322,5 +325,7 @@ def wake(deployment_id: int) -> bool:
         wake_requested_at=timezone.now()
     )
     if woke:
-        current_app.send_task(RECONCILE_TASK, queue=settings.CONTROL_QUEUE)
+        degraded.best_effort(
+            lambda: current_app.send_task(RECONCILE_TASK, queue=settings.CONTROL_QUEUE, retry=False)
+        )
     return bool(woke)

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.core.cache import cache
 from prometheus_client.parser import text_string_to_metric_families
 
+from controlplane import degraded
 from serving.models import DeploymentSample
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,9 @@ def update(
 
 
 def cached(deployment_id: int) -> dict[str, Any]:
-    """The latest live figures and totals of a deployment ({} before the first pass)."""
-    state = cache.get(_key(deployment_id)) or {}
+    """The latest live figures and totals of a deployment ({} before the first pass, or
+    while Redis is unreachable: the page and API show the rest)."""
+    state = degraded.best_effort(lambda: cache.get(_key(deployment_id))) or {}
     totals: Sample | None = state.get("totals")
     out = dict(state.get("live") or {})
     if totals is not None:

@@ -199,6 +199,14 @@ class Stack:
         self.workers[name].kill()
         self.workers[name].wait(timeout=10)
 
+    def freeze_worker(self, name: str) -> None:
+        """SIGSTOP the worker (its whole process group: not the jobs, which run in sessions
+        of their own), as a host that swaps, hangs or is paused looks from outside."""
+        os.killpg(self.workers[name].pid, signal.SIGSTOP)
+
+    def thaw_worker(self, name: str) -> None:
+        os.killpg(self.workers[name].pid, signal.SIGCONT)
+
     def stop_workers(self) -> None:
         for proc in self.workers.values():
             if proc.poll() is None:

@@ -341,3 +341,74 @@ def test_a_killed_worker_loses_its_attempt_and_the_job_resumes_elsewhere(stack):
     assert first_steps == [1.0, checkpointed + 1.0]
     assert current["restarts"] == 1
     stack.start_worker(victim)  # put the host back for whatever runs next
+
+
+def test_a_frozen_worker_stops_its_job_itself_before_it_runs_elsewhere(stack):
+    """SIGSTOP a worker past its job's lease: the guard stops the job before the lease can
+    expire (self-fencing), the job resumes on the other host, and never do two attempts'
+    processes run at once; what the frozen worker says when it wakes is refused."""
+    submitted = submit(
+        stack,
+        name="frozen",
+        entrypoint=["python", "trainer.py"],
+        env={"STEPS": "40", "STEP_SECONDS": "0.3"},
+        max_restarts=2,
+    )
+
+    def holder():
+        current = attempts(stack, submitted["id"])
+        if (
+            current
+            and current[-1]["state"] == "RUNNING"
+            and "step 3" in logs(stack, submitted["id"])
+        ):
+            return current[-1]["nodes"][0]["worker"]
+        return None
+
+    victim = wait_for(holder, 90, "the job to run and checkpoint")
+    stack.freeze_worker(victim)
+    frozen_at = time.monotonic()
+    most, gone_after, resumed = 0, None, None
+    try:
+        next_api = 0.0
+        while time.monotonic() - frozen_at < 60 and resumed is None:
+            live = running_scripts("trainer.py")  # every 100 ms: never two at once
+            most = max(most, len(live))
+            if not live and gone_after is None:
+                gone_after = time.monotonic() - frozen_at
+            if time.monotonic() >= next_api:
+                next_api = time.monotonic() + 0.5
+                runs = attempts(stack, submitted["id"])
+                if len(runs) > 1 and runs[-1]["state"] == "RUNNING":
+                    resumed = runs[-1]
+            time.sleep(0.1)
+        assert resumed is not None, stack.worker_log(victim)[-3000:]
+        assert resumed["nodes"][0]["worker"] != victim
+        time.sleep(1)  # the new attempt runs while the old worker is still frozen
+        most = max(most, len(running_scripts("trainer.py")))
+    finally:
+        stack.thaw_worker(victim)
+    # Lease 4 s: the guard stopped the job at 2 s (SIGTERM) or 3 s (SIGKILL) without it.
+    assert gone_after is not None and gone_after < 4.0, gone_after
+    current = wait_state(stack, submitted["id"], TERMINAL, timeout=120)
+    assert most == 1
+    assert current["state"] == "SUCCEEDED", logs(stack, submitted["id"])
+    runs = attempts(stack, submitted["id"])
+    assert [a["state"] for a in runs] == ["LOST", "SUCCEEDED"], runs
+    assert "lease" in runs[0]["reason"]
+    # What the first attempt printed after the freeze (its guard's notice, its SIGTERM
+    # checkpoint) reached its frozen worker only after the fence: none of it was stored.
+    chunks, since = [], 0
+    while page := stack.api.get(
+        f"/api/v1/jobs/{submitted['id']}/logs/", params={"since": since}
+    ).json()["chunks"]:
+        chunks += page
+        since = page[-1]["id"]
+    stale = "".join(c["text"] for c in chunks if c["attempt"] == 1)
+    assert "step 3" in stale and "[guard]" not in stale and "stop requested" not in stale
+    checkpointed = int(Path(runs[1]["resume_from"]).name.split("-")[1])
+    assert [p[1] for p in metric(stack, submitted["id"], "first_step")] == [
+        1.0,
+        checkpointed + 1.0,
+    ]
+    wait_for(lambda: victim in online(stack), 30, "the thawed worker to heartbeat again")

@@ -7,12 +7,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from django.test import override_settings
 from django.utils import timezone
 
+from controlplane.cluster import services as cluster
+from controlplane.cluster.models import Worker
 from controlplane.tenancy.services import Actor
 from jobs import lifecycle, outputs, scheduler, services, storage
-from jobs.models import Attempt, AttemptNode, Checkpoint, Job, LogChunk, Reservation
+from jobs.models import Attempt, AttemptNode, Checkpoint, Job, LogChunk, Metric, Reservation
 from jobs.states import AttemptState, JobState, StopReason
 from tests.conftest import add_host
 
@@ -99,8 +102,89 @@ def test_a_lost_worker_requeues_the_job_to_resume_from_its_checkpoint(cpu_host, 
     assert lifecycle.renew(plan.node_id, plan.claim).held is False
     lifecycle.finish_node(plan.node_id, plan.claim, 0)
     assert Job.objects.get(pk=job.pk).state == JobState.PENDING
+    # The host that lost the lease is suspect: nothing goes there until it heartbeats.
+    assert place(job) == []
+    assert cluster.heartbeat("cpu-1")
     second = claim(place(job)[0])
     assert second.resume_from == str(ckpt) and second.attempt == 2
+
+
+def test_a_stale_attempt_can_write_nothing_once_it_was_given_up_on(cpu_host, submit):
+    job = submit()
+    plan = claim(place(job)[0])
+    fence = (plan.node_id, plan.claim)
+    ckpt = storage.checkpoint_root(job.pk) / "step-3"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"x")
+    model = storage.job_root(job.pk) / "final"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    assert outputs.record_logs(job.pk, 1, 0, "live\n", fence=fence) is not None
+    assert outputs.record_metrics(job.pk, 1, 1, {"loss": 1.0}, fence=fence)
+    AttemptNode.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert lifecycle.reap() == 1
+    # What the frozen run says when it wakes up is refused, write by write.
+    assert outputs.record_logs(job.pk, 1, 0, "late\n", fence=fence) is None
+    assert outputs.record_metrics(job.pk, 1, 2, {"loss": 0.5}, fence=fence) == []
+    assert outputs.record_checkpoint(job.pk, plan.attempt_id, 3, str(ckpt), fence=fence) is None
+    assert not outputs.record_model(job.pk, str(model), fence=fence)
+    assert list(LogChunk.objects.filter(job=job).values_list("text", flat=True)) == ["live\n"]
+    assert list(Metric.objects.filter(job=job).values_list("step", flat=True)) == [1]
+    assert not Checkpoint.objects.filter(job=job).exists()
+    job.refresh_from_db()
+    assert job.model_path == "" and job.progress["step"] == 1
+
+
+def test_a_node_waiting_on_a_host_that_went_away_is_placed_again_at_once(submit):
+    add_host("cpu-1", cpu_slots=1)
+    job = submit()
+    [node] = place(job)
+    add_host("cpu-2", cpu_slots=1)
+    # cpu-1 stops heartbeating before it claimed the node: no waiting for the start timeout.
+    Worker.objects.filter(name="cpu-1").update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=3600)
+    )
+    assert lifecycle.reap() == 1
+    job.refresh_from_db()
+    assert (job.state, job.restarts) == (JobState.PENDING, 0)  # it never ran: no restart
+    assert "cpu-1 went offline" in Attempt.objects.get(job=job).reason
+    [again] = place(job)
+    assert again.worker_name == "cpu-2"
+    assert lifecycle.claim_node(node.attempt_id, node.rank, "cpu-1") is None  # fenced
+
+
+def test_an_unclaimed_start_message_is_sent_again(cpu_host, submit, settings):
+    settings.JOB_START_RESEND = 2.0
+    broker = redis.Redis.from_url(settings.BROKER_URL)
+    queue = "host.cpu-1"
+    [node] = place(submit())  # (its first start message goes out when the pass commits)
+    before = broker.llen(queue)
+    assert scheduler.resend_unclaimed() == 0  # not due yet
+    AttemptNode.objects.update(sent_at=timezone.now() - timedelta(seconds=3))
+    assert scheduler.resend_unclaimed() == 1
+    assert broker.llen(queue) == before + 1
+    claim(node)  # the duplicate finds the node claimed
+    assert lifecycle.claim_node(node.attempt_id, node.rank, node.worker_name) is None
+    AttemptNode.objects.update(sent_at=timezone.now() - timedelta(seconds=3))
+    assert scheduler.resend_unclaimed() == 0  # claimed: nothing more to send
+
+
+def test_a_peer_that_failed_because_its_host_was_lost_blames_that_host(submit):
+    for name in ("cpu-1", "cpu-2"):
+        add_host(name, cpu_slots=1)
+    job = submit(resources={"nodes": 2, "gpus_per_node": 0}, max_restarts=1)
+    first, second = (claim(n) for n in place(job))
+    lost_host = AttemptNode.objects.get(pk=second.node_id).worker_name
+    # Node 0's collective broke when node 1's host died: it exits 1 first.
+    lifecycle.finish_node(first.node_id, first.claim, 1)
+    AttemptNode.objects.filter(pk=second.node_id).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert lifecycle.reap() == 1
+    attempt = Attempt.objects.get(job=job)
+    assert attempt.state == AttemptState.LOST
+    assert attempt.reason.startswith(f"node 1 on {lost_host} stopped renewing its lease")
+    assert "node 0" in attempt.reason
 
 
 @override_settings(JOB_START_TIMEOUT=5)

@@ -16,6 +16,7 @@ from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 
+from controlplane import degraded
 from controlplane.tenancy.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
         return Response(detail, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, degraded.UNREACHABLE):
+        degraded.REDIS.failed(exc)
+        return Response(
+            {"detail": degraded.unavailable_message()},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(degraded.RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, DataError):
         # A value the database refuses (an integer out of range, ...): the input's fault.
         log.info("database refused a value: %s", exc)
