@@ -192,11 +192,21 @@ REDIS_URL = env_url(
 BROKER_URL = env_url("CP_BROKER_URL", REDIS_URL, ("redis", "rediss", "unix", "amqp", "amqps"))
 
 CACHE_PREFIX = env_str("CP_CACHE_PREFIX", "cp")
+# The channel layer waits on Redis with blocking reads of up to 5 s: its sockets must wait
+# longer than that (redis-py's default of 5 s dropped every idle websocket), and a dead
+# connection is found by keepalive, not by a read that never returns.
+_LAYER_HOST = {
+    "address": REDIS_URL,
+    "socket_timeout": 30,
+    "socket_connect_timeout": 5,
+    "socket_keepalive": True,
+    "health_check_interval": 15,
+}
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            "hosts": [_LAYER_HOST],
             "prefix": f"{CACHE_PREFIX}:ch",  # two control planes may share one Redis
             "capacity": 1000,
             "expiry": 30,
@@ -463,7 +473,7 @@ METRICS_LOOPBACK_OPEN = env_bool("CP_METRICS_LOOPBACK_OPEN", True)
 # browsers watch; each web process hands it to its own sockets (bounded buffers there).
 CHANNEL_LAYERS["telemetry"] = {
     "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-    "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{CACHE_PREFIX}:tm"},
+    "CONFIG": {"hosts": [dict(_LAYER_HOST)], "prefix": f"{CACHE_PREFIX}:tm"},
 }
 CELERY_BEAT_SCHEDULE["telemetry-history"] = {
     "task": "monitoring.maintain_history",

@@ -69,3 +69,23 @@ def test_anonymous_and_bad_tokens_are_closed():
         return outcomes
 
     assert run(scenario) == [(False, 4401), (False, 4401)]
+
+
+def test_an_idle_socket_stays_open_for_30_seconds():
+    """The consumer waits on the channel layer (a blocking Redis read of up to 5 s) while
+    nothing happens: a socket timeout shorter than that read dropped every idle socket."""
+    raw = token_for("idler")
+
+    async def scenario():
+        ws, connected, _ = await connect([(b"authorization", f"Bearer {raw}".encode())])
+        assert connected
+        assert await ws.receive_nothing(timeout=IDLE_SECONDS, interval=0.5)
+        await ws.send_json_to({"type": "ping", "id": 1})
+        reply = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return reply
+
+    assert run(scenario)["type"] == "pong"
+
+
+IDLE_SECONDS = 30
