@@ -7,6 +7,7 @@ With nothing set this is the embedded default: SQLite and an embedded Redis unde
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -94,6 +95,15 @@ SECURE_HSTS_SECONDS = env_int("CP_HSTS_SECONDS", 31536000 if PRODUCTION else 0, 
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CP_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
 SECURE_HSTS_PRELOAD = env_bool("CP_HSTS_PRELOAD", False)
 BEHIND_PROXY = env_bool("CP_BEHIND_PROXY", False)
+# The proxies whose X-Forwarded-For hops are believed (behind CP_BEHIND_PROXY): the client
+# is the right-most hop that is not one of them.
+try:
+    TRUSTED_PROXIES = [
+        ipaddress.ip_network(n, strict=False)
+        for n in env_list("CP_TRUSTED_PROXIES", ["127.0.0.0/8", "::1/128"])
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"CP_TRUSTED_PROXIES: {exc} (use addresses or CIDRs)") from None
 if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Probes and scrapers speak plain HTTP inside the cluster.

@@ -7,6 +7,7 @@ browser always sends an ``Origin`` header, and a foreign one is refused; a clien
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -19,12 +20,38 @@ from rest_framework.request import Request
 from controlplane.tenancy import services
 
 
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return any(address in network for network in settings.TRUSTED_PROXIES)
+
+
 def client_ip(request: HttpRequest | Request) -> str | None:
-    """The caller's address; the first X-Forwarded-For hop only behind a trusted proxy."""
+    """The caller's address. Behind a proxy (``CP_BEHIND_PROXY``), and only when the
+    connection comes from one of ``CP_TRUSTED_PROXIES``: the right-most X-Forwarded-For hop
+    that is not a trusted proxy (the hops left of it are whatever the client wrote). Never
+    anything but a valid IP address."""
     meta = request.META
-    if settings.BEHIND_PROXY and meta.get("HTTP_X_FORWARDED_FOR"):
-        return meta["HTTP_X_FORWARDED_FOR"].split(",")[0].strip() or None
-    return meta.get("REMOTE_ADDR") or None
+    peer = _address(meta.get("REMOTE_ADDR") or "")
+    if peer is None:
+        return None
+    forwarded = meta.get("HTTP_X_FORWARDED_FOR", "")
+    if not settings.BEHIND_PROXY or not forwarded or not _trusted(peer):
+        return str(peer)
+    client = peer
+    for hop in reversed(forwarded.split(",")[-32:]):
+        address = _address(hop)
+        if address is None:
+            break  # a hop no proxy of ours wrote: trust stops at the last good one
+        client = address
+        if not _trusted(address):
+            break
+    return str(client)
 
 
 def actor_for(request: HttpRequest | Request, via: str = "api") -> services.Actor:

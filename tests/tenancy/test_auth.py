@@ -103,3 +103,41 @@ def test_the_base_class_lets_viewers_read_and_members_write(cast):
     assert {m["id"] for m in probe(cast.dave, "get", 0).data["results"]} == set(
         Membership.objects.filter(project=cast.beta).values_list("id", flat=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "behind", "expected"),
+    [
+        ("203.0.113.9", "", False, "203.0.113.9"),
+        # Without CP_BEHIND_PROXY the header is the client's own words: ignored.
+        ("203.0.113.9", "127.0.0.1", False, "203.0.113.9"),
+        # Behind the proxy: the right-most hop it did not write itself.
+        ("127.0.0.1", "203.0.113.9", True, "203.0.113.9"),
+        ("127.0.0.1", "127.0.0.1, 203.0.113.9", True, "203.0.113.9"),
+        ("127.0.0.1", "198.51.100.1, 203.0.113.9, 127.0.0.1", True, "203.0.113.9"),
+        # Not an address: never recorded; trust stops at the proxy that passed it on.
+        ("127.0.0.1", "not-an-ip", True, "127.0.0.1"),
+        ("127.0.0.1", "203.0.113.9, not-an-ip", True, "127.0.0.1"),
+        # A connection from outside the trusted proxies: its header is not believed.
+        ("198.51.100.7", "127.0.0.1", True, "198.51.100.7"),
+    ],
+)
+def test_the_client_address_behind_a_proxy_is_the_rightmost_untrusted_hop(
+    settings, peer, forwarded, behind, expected
+):
+    from django.test import RequestFactory
+
+    from controlplane.tenancy.auth import client_ip
+
+    settings.BEHIND_PROXY = behind
+    request = RequestFactory().get("/", REMOTE_ADDR=peer, HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_ip(request) == expected
+
+
+def test_metrics_stay_closed_to_a_spoofed_loopback_hop(settings, client):
+    settings.BEHIND_PROXY = True
+    settings.METRICS_TOKEN = ""
+    response = client.get(
+        "/metrics", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="127.0.0.1, 203.0.113.9"
+    )
+    assert response.status_code == 403
