@@ -43,20 +43,68 @@ def models_root() -> Path:
     return storage.root() / "models"
 
 
+#: Bytes per element of each dtype the safetensors format names.
+SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+MAX_DIMENSION = 2**40
+
+
+def _count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DIMENSION:
+        raise ValueError(f"{what} must be a whole number from 0 to 2**40, not {value!r}"[:200])
+    return value
+
+
 def safetensors_parameters(path: Path) -> int:
-    """Parameters in a safetensors file, from its header (no tensor is loaded)."""
+    """Parameters in a safetensors file, from its header (no tensor is loaded). The header
+    is checked as the format defines it (a JSON object of tensors with a dtype, a shape of
+    non-negative sizes and data offsets that fit the file and match the shape); anything
+    else is a ValueError that says what is wrong."""
+    size = path.stat().st_size
     with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        if length > 100 * 1024 * 1024:
-            raise ValueError("implausible safetensors header")
-        header = json.loads(handle.read(length))
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError("the file is shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > MAX_SAFETENSORS_HEADER or 8 + length > size:
+            raise ValueError(f"its header length ({length} bytes) does not fit the file")
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object of tensors")
+    data_size = size - 8 - length
     total = 0
     for name, entry in header.items():
         if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(
+                isinstance(v, str) for v in entry.values()
+            ):
+                raise ValueError("__metadata__ must map names to strings")
             continue
+        label = f"tensor {name[:80]!r}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{label} is not an object with dtype, shape and data_offsets")
+        width = SAFETENSORS_DTYPES.get(entry.get("dtype"))  # type: ignore[arg-type]
+        if width is None:
+            raise ValueError(f"{label} has an unknown dtype {entry.get('dtype')!r}"[:200])
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(shape, list) or len(shape) > 16:
+            raise ValueError(f"{label}: shape must be a list of at most 16 sizes")
         count = 1
-        for dim in entry["shape"]:
-            count *= dim
+        for dim in shape:
+            count *= _count(dim, f"{label}: a dimension")
+        if not isinstance(offsets, list) or len(offsets) != 2:
+            raise ValueError(f"{label}: data_offsets must be [begin, end]")
+        begin, end = (_count(o, f"{label}: an offset") for o in offsets)
+        if not begin <= end <= data_size:
+            raise ValueError(f"{label}: its data_offsets lie outside the file")
+        if end - begin != count * width:
+            raise ValueError(f"{label}: its data_offsets do not match its shape and dtype")
         total += count
     return total
 
@@ -76,7 +124,7 @@ def _inspect(directory: Path) -> tuple[int, int, str]:
     size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     try:
         params = sum(safetensors_parameters(p) for p in weights)
-    except (ValueError, KeyError, struct.error, OSError) as exc:
+    except (ValueError, struct.error, OSError) as exc:
         raise ValueError(f"a weights file is not valid safetensors ({exc})") from None
     return size, params, model_type
 

@@ -138,3 +138,55 @@ def test_a_succeeded_job_registers_its_final_model(cast, job, django_capture_on_
     )
     assert version.metrics == {"eval_loss": 1.25} and version.job_id == job.pk
     assert Model.objects.count() == 1
+
+
+def safetensors_bytes(header: object, data: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+@pytest.mark.parametrize(
+    ("weights", "says"),
+    [
+        (safetensors_bytes(["w"]), "not a JSON object"),
+        (safetensors_bytes({"w": "F32"}), "not an object"),
+        (
+            safetensors_bytes({"w": {"dtype": "F32", "shape": "4", "data_offsets": [0, 16]}}),
+            "shape",
+        ),
+        (
+            safetensors_bytes({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 0]}}),
+            "dimension",
+        ),
+        (
+            safetensors_bytes({"w": {"dtype": "F32", "shape": [2**62], "data_offsets": [0, 8]}}),
+            "dimension",
+        ),
+        (
+            safetensors_bytes({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}),
+            "outside the file",
+        ),
+        (
+            safetensors_bytes(
+                {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, b"\0" * 8
+            ),
+            "do not match",
+        ),
+        (safetensors_bytes({"w": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}), "dtype"),
+        (b"\xff" * 8 + b"{}", "does not fit"),
+        (b"\x02\0\0\0\0\0\0\0{x", "not JSON"),
+    ],
+)
+def test_malformed_safetensors_headers_are_a_400_that_says_why(cast, api, tmp_path, weights, says):
+    bob = api(cast.bob)
+    model = bob.post("/api/v1/models/", {"name": "bad-weights", "project": "alpha"}).json()
+    directory = hf_dir(tmp_path / "bad")
+    (directory / "model.safetensors").write_bytes(weights)
+    refused = bob.post(
+        f"/api/v1/models/{model['id']}/versions/",
+        {"archive": io.BytesIO(tar_of(directory))},
+        format="multipart",
+    )
+    assert refused.status_code == 400, refused.content
+    assert says in json.dumps(refused.json())
+    assert ModelVersion.objects.count() == 0
