@@ -67,3 +67,36 @@ def test_swagger_ui_is_served_without_a_cdn(db):
     page = Client().get("/api/docs/").content.decode()
     assert "swagger-ui" in page
     assert "cdn" not in page.lower()
+
+
+def test_logins_are_throttled_per_user_and_address(cast, settings):
+    settings.AXES_FAILURE_LIMIT = 5
+    client = Client(REMOTE_ADDR="203.0.113.9")
+    for _ in range(4):
+        assert client.post("/login/", {"username": "bob", "password": "nope"}).status_code == 200
+    assert client.post("/login/", {"username": "bob", "password": "nope"}).status_code == 429
+    # Locked out: the right password does not work either, from this address.
+    locked = client.post("/login/", {"username": "bob", "password": "bob-pass-123"})
+    assert locked.status_code == 429
+    assert "_auth_user_id" not in client.session
+    # Another user, or the same user from elsewhere, is not locked out by it.
+    other = Client(REMOTE_ADDR="198.51.100.4")
+    assert other.post("/login/", {"username": "bob", "password": "bob-pass-123"}).status_code == 302
+    assert (
+        client.post("/login/", {"username": "carol", "password": "carol-pass-123"}).status_code
+        == 302
+    )
+
+
+def test_pages_and_swagger_carry_a_content_security_policy(cast):
+    client = Client()
+    client.force_login(cast.bob)
+    for path in ("/", "/jobs/", "/api/docs/", "/login/"):
+        policy = client.get(path).headers.get("Content-Security-Policy", "")
+        assert "script-src 'self'" in policy and "unsafe-eval" not in policy, path
+        assert "frame-ancestors 'none'" in policy
+    # Swagger's start-up script is a file of its own, not inline.
+    page = client.get("/api/docs/").content.decode()
+    assert "<script>" not in page
+    script = client.get("/api/docs/?script=")
+    assert script.status_code == 200 and "SwaggerUIBundle" in script.content.decode()
