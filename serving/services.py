@@ -81,9 +81,7 @@ def safetensors_parameters(path: Path) -> int:
     total = 0
     for name, entry in header.items():
         if name == "__metadata__":
-            if not isinstance(entry, dict) or not all(
-                isinstance(v, str) for v in entry.values()
-            ):
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
                 raise ValueError("__metadata__ must map names to strings")
             continue
         label = f"tensor {name[:80]!r}"
