@@ -436,6 +436,10 @@ def test_a_browser_deploys_from_the_models_page_and_the_playground_streams(stack
             )  # fmt: skip
             page = browser.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # A Content-Security-Policy violation is a console error, not an exception.
+            page.on(
+                "console", lambda m: m.type == "error" and errors.append(f"{m.text} {m.location}")
+            )
             page.goto(f"{stack.url}/login/")
             page.fill("input[name=username]", "admin")
             page.fill("input[name=password]", ADMIN_PASSWORD)
