@@ -159,6 +159,8 @@ class Gateway:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             return error_response(400, f"The request body is not valid JSON: {exc}"), ""
+        except RecursionError:
+            return error_response(400, "The request body is nested too deeply."), ""
         if not isinstance(payload, dict):
             return error_response(400, "The request body must be a JSON object."), ""
         model = payload.get("model")

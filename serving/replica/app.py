@@ -111,7 +111,7 @@ def build_app(state: ReplicaState) -> Starlette:
             try:
                 response = _gate(request, state)
                 if response is None:
-                    parsed = parse(await read_json(request))
+                    parsed = parse(await read_json(request, state.max_body_bytes))
                     if parsed.model != state.served_model_name:
                         response = fmt.error_response(
                             404,
@@ -122,7 +122,7 @@ def build_app(state: ReplicaState) -> Starlette:
                     else:
                         response = await handle_generate(request, state, parsed)
             except BadField as exc:
-                response = fmt.error_response(400, str(exc), exc.field)
+                response = fmt.error_response(exc.status, str(exc), exc.field)
             except Exception as exc:
                 log.exception("%s failed", name)
                 response = fmt.error_response(500, f"internal error: {type(exc).__name__}: {exc}")

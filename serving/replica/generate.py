@@ -25,7 +25,7 @@ from serving.engine import EngineClosed, InvalidParam, QueueFull, SamplingParams
 from serving.engine.sequence import FINISH_ABORT, FINISH_ERROR
 from serving.replica import openai_format as fmt
 from serving.replica.state import CollectSink, ReplicaState, StreamSink
-from serving.replica.validation import BadField, ParsedRequest
+from serving.replica.validation import BadField, ParsedRequest, TooLarge
 
 _TIMEOUT = object()
 
@@ -68,6 +68,26 @@ def chat_prompt(tokenizer: Any, parsed: ParsedRequest) -> str:
     return "\n".join(lines)
 
 
+#: A token is rarely longer than this many characters: a prompt longer than
+#: max_model_len times it cannot fit, and is refused before it is tokenized.
+CHARS_PER_TOKEN = 16
+PREPARE_SECONDS = 10.0
+
+
+def _check_size(engine: Any, parsed: ParsedRequest, chat: bool) -> None:
+    limit = max(65536, engine.max_model_len * CHARS_PER_TOKEN)
+    if chat:
+        chars = sum(len(m["content"]) for m in parsed.messages)
+    else:
+        chars = max((len(p) for p in parsed.prompts), default=0)
+    if chars > limit:
+        raise BadField(
+            "messages" if chat else "prompt",
+            f"the prompt is {chars} characters; this model takes at most "
+            f"{engine.max_model_len} tokens (prompts over {limit} characters are refused)",
+        )
+
+
 def _token_ids(state: ReplicaState, parsed: ParsedRequest, chat: bool) -> list[list[int]]:
     tokenizer = state.engine.tokenizer
     if chat:
@@ -98,7 +118,19 @@ async def handle_generate(request: Request, state: ReplicaState, parsed: ParsedR
     engine = state.engine
     t0 = time.monotonic()
     deadline = t0 + state.request_timeout
-    prompts = _token_ids(state, parsed, chat)
+    _check_size(engine, parsed, chat)
+    try:  # tokenizing (and the chat template) off the event loop, with a time bound
+        prompts = await asyncio.wait_for(
+            asyncio.get_running_loop().run_in_executor(
+                state.prepare_pool, _token_ids, state, parsed, chat
+            ),
+            timeout=PREPARE_SECONDS,
+        )
+    except TimeoutError:
+        raise BadField(
+            "messages" if chat else "prompt",
+            f"preparing the prompt took longer than {PREPARE_SECONDS:g} s",
+        ) from None
     choices: list[tuple[int, list[int], SamplingParams]] = []
     for pi, ids in enumerate(prompts):
         base = parsed.params
@@ -361,12 +393,24 @@ async def _chunks(
             batch.append(queue.get_nowait())
 
 
-async def read_json(request: Request) -> Any:
-    raw = await request.body()
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, read no further than ``limit`` bytes (then a 413)."""
+    too_large = TooLarge(None, f"the request body is larger than this server's {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
     try:
-        return json.loads(raw)
+        return json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadField(None, f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise BadField(None, "the request body is nested too deeply") from None
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="require 'Authorization: Bearer KEY' on /v1 (env CP_SERVING_API_KEY)",
     )
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds, then 504")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger requests get 413"
+    )
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
     p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"], help="runner")
     p.add_argument("--threads", type=int, help="torch threads (default: CPUs available)")
@@ -82,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if not 0 <= args.port <= 65535:
         p.error("--port must be between 0 and 65535")
+    if args.max_body_bytes < 1024:
+        p.error("--max-body-bytes must be at least 1024")
     if args.request_timeout <= 0 or args.drain_timeout < 0:
         p.error("--request-timeout must be > 0 and --drain-timeout >= 0")
     return args
@@ -245,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key=args.api_key or None,
         request_timeout=args.request_timeout,
         drain_timeout=args.drain_timeout,
+        max_body_bytes=args.max_body_bytes,
     )
     import uvicorn
 

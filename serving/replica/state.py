@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,11 @@ class ReplicaState:
     created: int = field(default_factory=lambda: int(time.time()))
     text_of: TokenText | None = None
     exit_code: int = 0
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: Tokenizing and chat templates run here, one at a time, never on the event loop.
+    prepare_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+    )
 
     def attach(self, engine: Engine, report: LoadReport) -> None:
         self.engine = engine

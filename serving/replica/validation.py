@@ -18,15 +18,25 @@ from serving.engine.sampling import MAX_LOGPROBS, SamplingParams
 MAX_N = 16
 MAX_PROMPTS = 64
 MAX_STOP = 4
+#: The chat template variables a client may set (all true/false).
+TEMPLATE_KWARGS = {"add_generation_prompt", "enable_thinking", "continue_final_message"}
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class BadField(ValueError):
     """A field with a bad value: a 400 whose `param` is the field."""
 
+    status = 400
+
     def __init__(self, field_name: str | None, message: str) -> None:
         super().__init__(message)
         self.field = field_name
+
+
+class TooLarge(BadField):
+    """The request body is over the replica's limit: a 413."""
+
+    status = 413
 
 
 def _is_int(v: Any) -> bool:
@@ -325,6 +335,18 @@ def parse_chat(body: Any) -> ParsedRequest:
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise BadField("chat_template_kwargs", "'chat_template_kwargs' must be an object")
+    for key, value in kwargs.items():
+        # The model's own template only: a client's template (or any other variable it
+        # could loop over) would run on this server.
+        if key not in TEMPLATE_KWARGS:
+            raise BadField(
+                f"chat_template_kwargs.{key}"[:80],
+                f"'chat_template_kwargs' takes only {sorted(TEMPLATE_KWARGS)}, not {key!r}"[:200],
+            )
+        if not isinstance(value, bool):
+            raise BadField(
+                f"chat_template_kwargs.{key}", f"'chat_template_kwargs.{key}' must be true/false"
+            )
     return ParsedRequest(
         model=model,
         prompts=[],

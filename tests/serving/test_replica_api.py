@@ -299,6 +299,60 @@ def test_malformed_bodies_and_routes(client, name):
     assert client.get("/v1/nothing").status_code == 404
 
 
+def test_bodies_that_would_exhaust_the_replica_are_refused_and_it_stays_responsive(client, name):
+    # Over the body limit (4 MiB): 413 before it is read, whatever the declared length.
+    big = b'{"model": "' + name.encode() + b'", "prompt": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    r = client.post("/v1/completions", content=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunks():
+        yield big[: len(big) // 2]
+        yield big[len(big) // 2 :]
+
+    r = client.post("/v1/completions", content=chunks())  # chunked: no length declared
+    assert r.status_code == 413
+    # Nested 100,000 deep: a 400, not a 500.
+    r = client.post("/v1/completions", content=b"[" * 100_000 + b"]" * 100_000)
+    assert r.status_code == 400 and "nested" in r.json()["error"]["message"]
+    # A prompt far longer than the model could take is refused before it is tokenized.
+    r = client.post(
+        "/v1/completions", json={"model": name, "prompt": "value " * 600_000, "max_tokens": 1}
+    )
+    assert r.status_code == 400 and "characters" in r.json()["error"]["message"]
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": name, "messages": [{"role": "user", "content": "x" * 3_000_000}]},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    # A client's own chat template (or any variable but the allowed flags) is refused.
+    for kwargs in (
+        {"chat_template": "{% for i in range(10**9) %}x{% endfor %}"},
+        {"tools": [1]},
+        {"enable_thinking": "yes"},
+    ):
+        r = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": name,
+                "messages": [{"role": "user", "content": "hi"}],
+                "chat_template_kwargs": kwargs,
+            },
+        )
+        assert r.status_code == 400, (kwargs, r.text)
+        assert r.json()["error"]["param"].startswith("chat_template_kwargs")
+    ok = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": name,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+            "chat_template_kwargs": {"add_generation_prompt": True},
+        },
+    )
+    assert ok.status_code == 200, ok.text
+    assert client.get("/health", timeout=2).status_code == 200
+
+
 def test_metrics(client, name):
     client.post("/v1/completions", json={"model": name, "prompt": "x", "max_tokens": 3})
     text = client.get("/metrics").text
