@@ -306,12 +306,12 @@ def test_a_deployment_serves_the_openai_api_through_the_gateway(stack, reference
     )
     assert bad.status_code == 404
     # The gateway bounds what it reads: too large is a 413, nested too deep a 400.
-    gateway = httpx.Client(
+    v1 = httpx.Client(
         base_url=f"{stack.url}/v1", headers={"Authorization": f"Bearer {stack.token}"}
     )
-    huge = gateway.post("/completions", content=b"x" * (2 * 1024 * 1024))
+    huge = v1.post("/completions", content=b"x" * (2 * 1024 * 1024))
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
-    deep = gateway.post("/completions", content=b"[" * 100_000 + b"]" * 100_000)
+    deep = v1.post("/completions", content=b"[" * 100_000 + b"]" * 100_000)
     assert deep.status_code == 400 and "nested" in deep.json()["error"]["message"]
 
 
