@@ -12,7 +12,8 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (after Django is set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from controlplane.tenancy.auth import BrowserOriginValidator, TokenAuthMiddleware  # noqa: E402
+from controlplane.tenancy.auth import TokenAuthMiddleware  # noqa: E402
+from controlplane.tenancy.sockets import SameOriginValidator  # noqa: E402
 from jobs.routing import websocket_urlpatterns as jobs_ws  # noqa: E402
 from monitoring.routing import websocket_urlpatterns as monitoring_ws  # noqa: E402
 from serving.gateway.app import application as gateway_app  # noqa: E402
@@ -29,7 +30,7 @@ async def http(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "http": http,
-        "websocket": BrowserOriginValidator(
+        "websocket": SameOriginValidator(
             AuthMiddlewareStack(
                 TokenAuthMiddleware(URLRouter([*monitoring_ws, *jobs_ws, *serving_ws]))
             )

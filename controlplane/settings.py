@@ -357,6 +357,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
+# An open websocket re-checks its token and its user's access this often (revocations
+# and removals also close it at once).
+WS_RECHECK_SECONDS = env_float("CP_WS_RECHECK_SECONDS", 30.0, minimum=1.0)
 # Login throttling (django-axes): after CP_LOGIN_FAILURE_LIMIT wrong passwords for one user
 # from one address, that pair is locked out for CP_LOGIN_COOLOFF_MINUTES (a correct password
 # included). Per user and address, so an attacker cannot lock the admin out everywhere.

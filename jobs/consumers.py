@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db.models import Max
 
 from controlplane.tenancy.api.base import scope_to_user
+from controlplane.tenancy.sockets import AccessWatch
 from jobs import events, queries
 from jobs.api.serializers import LogChunkSerializer
 from jobs.models import Job, LogChunk, Metric
@@ -24,7 +25,7 @@ SNAPSHOT_LOG_CHUNKS = 200
 MAX_RESUME_CHUNKS = 1000
 
 
-class JobConsumer(AsyncJsonWebsocketConsumer):
+class JobConsumer(AccessWatch, AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -36,9 +37,14 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.channel_layer.group_add(events.group(self.job_id), self.channel_name)
         await self.accept()
+        await self.watch_access()
         await self.send_json(await self._snapshot())
 
+    def allowed_now(self, user: Any) -> bool:
+        return scope_to_user(Job.objects.filter(pk=self.job_id), user, "project").exists()
+
     async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
         if hasattr(self, "job_id"):
             await self.channel_layer.group_discard(events.group(self.job_id), self.channel_name)
 

@@ -25,19 +25,23 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
 
+from controlplane.tenancy.sockets import AccessWatch
 from monitoring import frames, queries
 
 SCHEMA_VERSION = 1
-MEMBERSHIP_RECHECK = 30.0  # seconds between re-reads of the viewer's projects
 
 
-class PingConsumer(AsyncJsonWebsocketConsumer):
+class PingConsumer(AccessWatch, AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
         await self.accept()
+        await self.watch_access()
+
+    async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not isinstance(content, dict) or content.get("type") != "ping":
@@ -134,7 +138,7 @@ class _RedactionCache:
 _redactions = _RedactionCache()
 
 
-class TelemetryConsumer(AsyncWebsocketConsumer):
+class TelemetryConsumer(AccessWatch, AsyncWebsocketConsumer):
     """Base: authenticate, join ``groups()``, snapshot first, then buffered samples."""
 
     channel_layer_alias = "telemetry"
@@ -147,7 +151,6 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)
             return
         self.visible = await database_sync_to_async(queries.visible_projects)(user)
-        self.checked_at = time.monotonic()
         if not await database_sync_to_async(self.allowed)(user):
             await self.close(code=4404)
             return
@@ -161,6 +164,7 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(name, self.channel_name)
             self.groups_joined.append(name)
         await self.accept()
+        await self.watch_access()
         # Everything goes out through the buffer's task: this consumer's loop never waits on
         # a slow socket, so it keeps draining the channel layer (and dropping the oldest).
         snapshot = await database_sync_to_async(self.snapshot)()
@@ -169,14 +173,13 @@ class TelemetryConsumer(AsyncWebsocketConsumer):
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
-        if time.monotonic() - self.checked_at > MEMBERSHIP_RECHECK:
-            self.checked_at = time.monotonic()
-            user = self.scope["user"]
-            self.visible = await database_sync_to_async(queries.visible_projects)(user)
-            if not await database_sync_to_async(self.allowed)(user):
-                await self.close(code=4404)
+
+    def allowed_now(self, user: Any) -> bool:
+        self.visible = queries.visible_projects(user)
+        return self.allowed(user)
 
     async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
         if getattr(self, "pump_task", None) is not None:
             self.pump_task.cancel()
         for name in getattr(self, "groups_joined", []):

@@ -14,11 +14,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from controlplane.tenancy.api.base import scope_to_user
+from controlplane.tenancy.sockets import AccessWatch
 from serving.deployments import stats
 from serving.models import Deployment
 
 
-class DeploymentConsumer(AsyncJsonWebsocketConsumer):
+class DeploymentConsumer(AccessWatch, AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -30,9 +31,15 @@ class DeploymentConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.channel_layer.group_add(stats.group(self.deployment_id), self.channel_name)
         await self.accept()
+        await self.watch_access()
         await self.send_json(await self._snapshot())
 
+    def allowed_now(self, user: Any) -> bool:
+        rows = Deployment.objects.filter(pk=self.deployment_id).exclude(state="DELETED")
+        return scope_to_user(rows, user, "project").exists()
+
     async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
         if hasattr(self, "deployment_id"):
             await self.channel_layer.group_discard(
                 stats.group(self.deployment_id), self.channel_name

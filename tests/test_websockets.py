@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
@@ -43,20 +45,33 @@ def test_a_token_holder_gets_a_pong_through_the_channel_layer():
     assert error["type"] == "error"
 
 
-def test_same_site_browsers_are_let_in_and_foreign_origins_refused():
+def test_same_site_browsers_are_let_in_and_foreign_origins_refused(settings):
+    settings.CSRF_TRUSTED_ORIGINS = []  # only the request's own origin
     raw = token_for("browser")
     auth = (b"authorization", f"Bearer {raw}".encode())
 
+    origins = {
+        b"http://localhost:8000": True,  # this very site
+        b"https://evil.example": False,
+        b"http://localhost:9999": False,  # same host, another port: another origin
+        b"https://localhost:8000": False,  # another scheme
+        b"http://127.0.0.1:8000": False,
+    }
+
     async def scenario():
         results = {}
-        for origin in (b"http://localhost:8000", b"https://evil.example"):
-            ws, connected, _ = await connect([auth, (b"origin", origin)])
+        for origin in origins:
+            ws, connected, _ = await connect(
+                [auth, (b"host", b"localhost:8000"), (b"origin", origin)]
+            )
             results[origin] = connected
             await ws.disconnect()
+        # A browser whose request names no host cannot be checked: refused.
+        ws, results[b"no host"], _ = await connect([auth, (b"origin", b"http://localhost:8000")])
+        await ws.disconnect()
         return results
 
-    results = run(scenario)
-    assert results == {b"http://localhost:8000": True, b"https://evil.example": False}
+    assert run(scenario) == {**origins, b"no host": False}
 
 
 def test_anonymous_and_bad_tokens_are_closed():
@@ -89,3 +104,62 @@ def test_an_idle_socket_stays_open_for_30_seconds():
 
 
 IDLE_SECONDS = 30
+
+
+def test_revoking_the_token_or_removing_the_member_closes_open_sockets(settings):
+    from channels.db import database_sync_to_async
+
+    from controlplane.tenancy.models import ApiToken, Membership, Project, Role
+    from jobs.models import Job
+
+    settings.WS_RECHECK_SECONDS = 1.0
+    raw = token_for("watcher")
+    user = get_user_model().objects.get(username="watcher")
+    project = Project.objects.create(name="watched")
+    membership = Membership.objects.create(user=user, project=project, role=Role.MEMBER)
+    job = Job.objects.create(
+        project=project, name="watched", entrypoint=["python", "x.py"], spec={}
+    )
+    auth = [(b"authorization", f"Bearer {raw}".encode())]
+
+    async def closed_after(action) -> tuple[float, int]:
+        ws = WebsocketCommunicator(application, f"/ws/jobs/{job.pk}/", headers=auth)
+        connected, _ = await ws.connect(timeout=5)
+        assert connected
+        assert (await ws.receive_json_from(timeout=5))["type"] == "snapshot"
+        started = asyncio.get_running_loop().time()
+        await database_sync_to_async(action)()
+        message = await ws.receive_output(timeout=5)
+        took = asyncio.get_running_loop().time() - started
+        await ws.disconnect()
+        assert message["type"] == "websocket.close", message
+        return took, message["code"]
+
+    def remove():
+        services.remove_member(services.Actor.system(), membership)
+
+    def revoke():
+        services.revoke_token(services.Actor.system(), ApiToken.objects.get(user=user))
+
+    def remove_quietly():  # behind the services' back: only the timer notices
+        Membership.objects.filter(user=user).delete()
+
+    async def scenario():
+        outcomes = [await closed_after(remove)]
+        await database_sync_to_async(Membership.objects.create)(
+            user=user, project=project, role=Role.MEMBER
+        )
+        outcomes.append(await closed_after(remove_quietly))
+        await database_sync_to_async(Membership.objects.create)(
+            user=user, project=project, role=Role.MEMBER
+        )
+        outcomes.append(await closed_after(revoke))
+        _, connected, code = await connect(auth)  # and it cannot come back
+        return outcomes, (connected, code)
+
+    outcomes, again = run(scenario)
+    (removed, c1), (quietly, c2), (revoked, c3) = outcomes
+    assert removed < 1.0 and c1 == 4401  # at once, by the group message
+    assert quietly < 3.0 and c2 == 4403  # by the re-check timer
+    assert revoked < 1.0 and c3 == 4401
+    assert again == (False, 4401)

@@ -11,7 +11,6 @@ import ipaddress
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.http import HttpRequest
 from rest_framework import authentication, exceptions
@@ -106,32 +105,18 @@ class TokenAuthMiddleware:
         headers = dict(scope.get("headers", []))
         raw = bearer_from_header(headers.get(b"authorization"))
         if raw is not None:
-            user = await _user_for_token(raw, (scope.get("client") or [None])[0])
-            if user is None:
+            token = await _token_for(raw, (scope.get("client") or [None])[0])
+            if token is None:
                 await send({"type": "websocket.close", "code": 4401})
                 return None
-            scope = dict(scope, user=user)
+            # The token is re-checked while the socket is open (tenancy/sockets.py).
+            scope = dict(scope, user=token.user, auth_token_id=token.pk)
         return await self.inner(scope, receive, send)
 
 
 @database_sync_to_async
-def _user_for_token(raw: str, ip: str | None) -> Any:
+def _token_for(raw: str, ip: str | None) -> Any:
     try:
-        return services.authenticate_token(raw, ip=ip).user
+        return services.authenticate_token(raw, ip=ip)
     except services.TokenError:
         return None
-
-
-class BrowserOriginValidator(OriginValidator):
-    """``AllowedHostsOriginValidator`` that also admits clients sending no Origin at all."""
-
-    def __init__(self, application: Any) -> None:
-        allowed = list(settings.ALLOWED_HOSTS)
-        if settings.DEBUG and not allowed:
-            allowed = ["localhost", "127.0.0.1", "[::1]"]
-        super().__init__(application, allowed)
-
-    def valid_origin(self, parsed_origin: Any) -> bool:
-        if parsed_origin is None:
-            return True
-        return super().valid_origin(parsed_origin)

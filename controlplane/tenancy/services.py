@@ -18,6 +18,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from controlplane.tenancy import sockets
 from controlplane.tenancy.errors import Conflict, Forbidden, ServiceError
 from controlplane.tenancy.models import (
     ApiToken,
@@ -254,6 +255,7 @@ def remove_member(actor: Actor, membership: Membership) -> None:
         detail={"user": membership.user.get_username(), "role": membership.role},
     )
     membership.delete()
+    sockets.close_sockets_of(membership.user_id)
 
 
 # --- API tokens ----------------------------------------------------------------------------
@@ -307,6 +309,7 @@ def revoke_token(actor: Actor, token: ApiToken) -> ApiToken:
     token.refresh_from_db()
     if updated:
         record(actor, "token.revoked", token, detail={"user": token.user.get_username()})
+        sockets.close_sockets_of(token.user_id)
     return token
 
 
