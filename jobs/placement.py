@@ -138,12 +138,36 @@ def fit(job: Pending, hosts: list[Host], extra: dict[int, int] | None = None) ->
     return fits[: job.nodes]
 
 
-def victims(job: Pending, hosts: list[Host], running: list[Running]) -> list[Running] | None:
-    """Lower-priority attempts whose devices would let ``job`` fit, fewest and newest first."""
+def within_share(
+    job: Pending, hosts: list[Host], running: list[Running], active: set[int]
+) -> set[int]:
+    """The other projects that use no more than their fair share of the devices ``job``
+    needs (the capacity split evenly among the projects with work, running or pending):
+    their jobs are not preempted for another project's, whatever its priority."""
+    gpu_job = job.gpus_per_node > 0
+    capacity = sum(len(h.gpus) if gpu_job else h.slots for h in hosts)
+    share = capacity / max(1, len(active))
+    used: dict[int, int] = defaultdict(int)
+    for run in running:
+        for gpus, slots in run.devices.values():
+            used[run.project_id] += gpus if gpu_job else slots
+    return {p for p in active if p != job.project_id and used[p] <= share}
+
+
+def victims(
+    job: Pending, hosts: list[Host], running: list[Running], protected: set[int] | None = None
+) -> list[Running] | None:
+    """Lower-priority attempts whose devices would let ``job`` fit, fewest and newest first;
+    none of a ``protected`` project's."""
     gpu_job = job.gpus_per_node > 0
     need = job.gpus_per_node if gpu_job else job.procs_per_node
+    protected = protected or set()
     candidates = sorted(
-        (r for r in running if r.priority < job.priority and not r.stopping),
+        (
+            r
+            for r in running
+            if r.priority < job.priority and not r.stopping and r.project_id not in protected
+        ),
         key=lambda r: (r.priority, -r.started),
     )
     preemptible: dict[int, int] = defaultdict(int)

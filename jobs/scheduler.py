@@ -52,6 +52,7 @@ from jobs.placement import (
     mark_stopping,
     reserve,
     victims,
+    within_share,
 )
 from jobs.states import ATTEMPT_LIVE, JobKind, JobState, Priority, StopReason
 
@@ -276,7 +277,8 @@ def schedule(now=None) -> Decision:
                 continue
             # The head job: the first one that does not fit.
             head = job
-            target = _make_room(job, usable, hosts, running, decision, wait)
+            active = {j.project_id for j in pending} | {r.project_id for r in running}
+            target = _make_room(job, usable, hosts, running, decision, wait, active)
             # Keep the head job's hosts for it: no backfill onto them.
             reserved_hosts = {h.id for h in target}
             usable = [h for h in hosts.values() if h.id not in reserved_hosts]
@@ -328,15 +330,20 @@ def _behind_reason(job: Pending, head: Pending, hosts: dict[int, Host], shape: t
     return _behind_cache[key]
 
 
-def _make_room(job, usable, hosts, running, decision, wait) -> list[Host]:
-    """For the head job: wait for stopping jobs, preempt lower-priority ones, or just wait.
-    Returns the hosts to set aside for it."""
+def _make_room(job, usable, hosts, running, decision, wait, active) -> list[Host]:
+    """For the head job: wait for stopping jobs, preempt lower-priority ones (its own
+    project's, or another's above its fair share), or just wait. Returns the hosts to set
+    aside for it."""
     gpu_job = job.gpus_per_node > 0
     soon = {h.id: h.soon(gpu_job) for h in usable}
     target = fit(job, usable, soon) if any(soon.values()) else None
     if target is not None:
         wait(job, "Waiting for preempted jobs to stop.")
-    elif job.priority > Priority.LOW and (chosen := victims(job, usable, running)):
+    elif job.priority > Priority.LOW and (
+        chosen := victims(
+            job, usable, running, within_share(job, list(hosts.values()), running, active)
+        )
+    ):
         for victim in chosen:
             victim.stopping = True
             decision.preempted.append(victim.attempt_id)

@@ -23,7 +23,13 @@ from controlplane.cluster.models import Worker
 from controlplane.tenancy import secrets
 from controlplane.tenancy.errors import Conflict
 from controlplane.tenancy.models import Project, Role
-from controlplane.tenancy.services import Actor, record, require_role, visible_projects
+from controlplane.tenancy.services import (
+    Actor,
+    check_priority,
+    record,
+    require_role,
+    visible_projects,
+)
 from jobs import events, storage
 from jobs.archives import ArchiveError, resolve_inside, unpack
 from jobs.lifecycle import request_tick, settle
@@ -179,6 +185,7 @@ def submit_job(actor: Actor, data: Any, code: IO[bytes] | None = None, code_size
     serializer.is_valid(raise_exception=True)
     spec = normalize(serializer.validated_data)
     project = _project_for(actor, spec["project"])
+    check_priority(project, PRIORITY_BY_NAME[spec["priority"]])
     resources = spec["resources"]
     check_feasible(
         resources["nodes"], resources["gpus_per_node"], resources["procs_per_node"], project
@@ -264,6 +271,7 @@ def cancel_job(actor: Actor, job: Job) -> Job:
 def resubmit_job(actor: Actor, job: Job) -> Job:
     """A new job with the same spec and code (terminal jobs stay final)."""
     require_role(actor, job.project, Role.MEMBER)
+    check_priority(job.project, job.priority)  # the project's cap may have been lowered
     with transaction.atomic():
         copy = Job.objects.create(
             project=job.project,

@@ -44,7 +44,7 @@ def cast(db) -> Cast:
         for name in ("alice", "bob", "carol", "dave")
     }
     olga = User.objects.create_superuser("olga", password="olga-pass-123")
-    alpha = Project.objects.create(name="alpha")
+    alpha = Project.objects.create(name="alpha", max_priority=2)  # beta: the default, normal
     beta = Project.objects.create(name="beta")
     for user, project, role in (
         (users["alice"], alpha, Role.ADMIN),

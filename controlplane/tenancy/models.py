@@ -26,6 +26,10 @@ def role_at_least(role: str | None, needed: str) -> bool:
     return role is not None and ROLE_RANK[Role(role)] >= ROLE_RANK[Role(needed)]
 
 
+#: Job priorities (jobs.states.Priority mirrors these; tenancy does not import jobs).
+PRIORITY_CHOICES = [(0, "low"), (1, "normal"), (2, "high")]
+
+
 class Project(models.Model):
     name = models.SlugField(
         max_length=63, unique=True, help_text="Letters, digits, '-' and '_'; unique."
@@ -41,6 +45,11 @@ class Project(models.Model):
         null=True,
         blank=True,
         help_text="Gateway requests per minute to this project's deployments; empty: no limit.",
+    )
+    max_priority = models.PositiveSmallIntegerField(
+        choices=PRIORITY_CHOICES,
+        default=1,
+        help_text="The highest priority its jobs and deployments may ask for (operators set it).",
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

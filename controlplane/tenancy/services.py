@@ -21,6 +21,7 @@ from django.utils import timezone
 from controlplane.tenancy import sockets
 from controlplane.tenancy.errors import Conflict, Forbidden, ServiceError
 from controlplane.tenancy.models import (
+    PRIORITY_CHOICES,
     ApiToken,
     AuditEvent,
     Membership,
@@ -112,7 +113,27 @@ def require_role(actor: Actor, project: Project, needed: str) -> None:
 
 # --- projects ------------------------------------------------------------------------------
 
-PROJECT_FIELDS = ("description", "max_gpus", "max_concurrent_jobs", "max_requests_per_minute")
+PROJECT_FIELDS = (
+    "description",
+    "max_gpus",
+    "max_concurrent_jobs",
+    "max_requests_per_minute",
+    "max_priority",
+)
+#: What only operators (staff) change: a project admin could otherwise grant itself the
+#: right to preempt other projects.
+OPERATOR_FIELDS = {"max_priority"}
+
+
+def check_priority(project: Project, priority: int, field: str = "priority") -> None:
+    """Refuse (400) a priority above what the project's operators allow."""
+    if priority > project.max_priority:
+        names = dict(PRIORITY_CHOICES)
+        raise ServiceError(
+            f"Project {project.name} allows priority up to {names[project.max_priority]}; "
+            f"{names.get(priority, priority)} needs an operator to raise its max_priority.",
+            field,
+        )
 
 
 @transaction.atomic
@@ -124,6 +145,7 @@ def create_project(
     max_gpus: int | None = None,
     max_concurrent_jobs: int | None = None,
     max_requests_per_minute: int | None = None,
+    max_priority: int = 1,
 ) -> Project:
     """Create a project; the creating user becomes its admin."""
     if actor.user is not None and not actor.user.is_staff:
@@ -138,6 +160,7 @@ def create_project(
                 max_gpus=max_gpus,
                 max_concurrent_jobs=max_concurrent_jobs,
                 max_requests_per_minute=max_requests_per_minute,
+                max_priority=max_priority,
                 created_by=actor.user,
             )
     except IntegrityError:
@@ -162,6 +185,9 @@ def update_project(actor: Actor, project: Project, **changes: Any) -> Project:
     if unknown:
         raise ServiceError(f"These fields cannot be changed: {', '.join(sorted(unknown))}.")
     diff = {f: [getattr(project, f), v] for f, v in changes.items() if getattr(project, f) != v}
+    for field in OPERATOR_FIELDS & set(diff):
+        if actor.user is not None and not actor.user.is_staff:
+            raise Forbidden(f"Only operators (staff users) change a project's {field}.")
     if not diff:
         return project
     for field, (_, new) in diff.items():
@@ -174,8 +200,9 @@ def update_project(actor: Actor, project: Project, **changes: Any) -> Project:
 @transaction.atomic
 def ensure_default_project(actor: Actor) -> tuple[Project, bool]:
     """The ``default`` project, created on first run."""
+    # One team's install: its own project may use every priority.
     project, created = Project.objects.get_or_create(
-        name=DEFAULT_PROJECT, defaults={"description": "Created on first run."}
+        name=DEFAULT_PROJECT, defaults={"description": "Created on first run.", "max_priority": 2}
     )
     if created:
         record(actor, "project.created", project, project=project)

@@ -15,7 +15,7 @@ from django.db import transaction
 from rest_framework.exceptions import ValidationError
 
 from controlplane.tenancy.models import Project, Role
-from controlplane.tenancy.services import Actor, record, require_role
+from controlplane.tenancy.services import Actor, check_priority, record, require_role
 from jobs import storage
 from jobs.models import Job
 from jobs.services import check_feasible, create_internal_job
@@ -103,6 +103,7 @@ def create_batch_job(
     max_restarts: int = 3,
 ) -> Job:
     require_role(actor, project, Role.MEMBER)
+    check_priority(project, priority)
     if version.model.project_id != project.pk:
         raise _bad("model", "That model belongs to another project.")
     if quantization not in QUANTIZATION:

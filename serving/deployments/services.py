@@ -16,7 +16,7 @@ from rest_framework.exceptions import ValidationError
 from controlplane import degraded
 from controlplane.tenancy.errors import Conflict
 from controlplane.tenancy.models import Project, Role
-from controlplane.tenancy.services import Actor, record, require_role
+from controlplane.tenancy.services import Actor, check_priority, record, require_role
 from jobs.services import check_feasible
 from serving.deployments import config as flags
 from serving.deployments import routing
@@ -129,6 +129,7 @@ def create_deployment(
 ) -> Deployment:
     """A new deployment; its first replicas start on the controller's next pass."""
     require_role(actor, project, Role.MEMBER)
+    check_priority(project, priority)
     if Deployment.objects.filter(project=project, name=name).exclude(state="DELETED").exists():
         raise Conflict(f"Project {project.name} has a deployment named {name!r} already.", "name")
     _check_scale(min_replicas, max_replicas)
@@ -194,6 +195,7 @@ def update_deployment(actor: Actor, deployment: Deployment, **changes: Any) -> D
         )
         detail["autoscaling"] = deployment.autoscaling
     if "priority" in changes:
+        check_priority(deployment.project, changes["priority"])
         deployment.priority = changes.pop("priority")
         detail["priority"] = deployment.priority
         from jobs.models import Job

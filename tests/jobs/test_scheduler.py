@@ -8,6 +8,7 @@ import threading
 import pytest
 from django.db import connection
 
+from controlplane.tenancy.models import Project
 from jobs import lifecycle, scheduler
 from jobs.models import Attempt, AttemptNode, Job, Reservation
 from jobs.states import AttemptState, JobState, StopReason
@@ -166,6 +167,58 @@ def test_high_priority_preempts_lower_priority_jobs(cast, submit):
     scheduler.schedule()
     high.refresh_from_db()
     assert high.state == JobState.SCHEDULED
+
+
+def test_a_project_may_not_ask_for_more_priority_than_its_operators_allow(cast, api, submit):
+    add_host("solo", gpus=8)
+    refused = api(cast.bob).post(
+        "/api/v1/jobs/",
+        {"project": "beta", "name": "x", "priority": "high", "entrypoint": ["python", "-m",
+         "workers.recipes.causal_lm"]},
+    )  # fmt: skip
+    assert refused.status_code in (400, 404)
+    refused = api(cast.dave).post(
+        "/api/v1/jobs/",
+        {"project": "beta", "name": "x", "priority": "high", "entrypoint": ["python", "-m",
+         "workers.recipes.causal_lm"]},
+    )  # fmt: skip
+    assert refused.status_code == 400
+    assert "allows priority up to normal" in refused.json()["priority"][0]
+    # A project admin cannot raise it; an operator can.
+    denied = api(cast.dave).patch(f"/api/v1/projects/{cast.beta.pk}/", {"max_priority": "high"})
+    assert denied.status_code == 403 and "operators" in denied.json()["detail"]
+    raised = api(cast.olga).patch(f"/api/v1/projects/{cast.beta.pk}/", {"max_priority": "high"})
+    assert raised.status_code == 200 and raised.json()["max_priority"] == "high"
+    high = submit(user=cast.dave, project="beta", priority="high", resources={"gpus_per_node": 1})
+    assert high.priority == 2
+
+
+def test_high_priority_preempts_another_project_only_above_its_fair_share(cast, submit):
+    Project.objects.filter(pk=cast.beta.pk).update(max_priority=2)
+    add_host("solo", gpus=8)
+    # alpha runs on 4 of 8 GPUs, beta on 2: each is within its share (8 / 2 projects).
+    fair = submit(name="fair", priority="low", resources={"gpus_per_node": 4})
+    beta_small = submit(user=cast.dave, project="beta", name="b1", resources={"gpus_per_node": 2})
+    scheduler.schedule()
+    start(fair)
+    start(beta_small)
+    greedy = submit(user=cast.dave, project="beta", name="hi", priority="high",
+                    resources={"gpus_per_node": 6})  # fmt: skip
+    assert scheduler.schedule().preempted == []  # alpha's low job is within its share
+    greedy.refresh_from_db()
+    assert greedy.state == JobState.PENDING
+    # alpha takes more than its share: now its low-priority work may give way.
+    finish(beta_small)
+    Job.objects.filter(pk=greedy.pk).update(state=JobState.CANCELLED)
+    more = submit(name="more", priority="low", resources={"gpus_per_node": 4})
+    scheduler.schedule()
+    start(more)
+    high = submit(user=cast.dave, project="beta", name="hi2", priority="high",
+                  resources={"gpus_per_node": 4})  # fmt: skip
+    decision = scheduler.schedule()
+    assert decision.preempted == [Attempt.objects.get(job=more).pk]
+    high.refresh_from_db()
+    assert f"#{more.pk}" in high.reason
 
 
 def test_low_priority_never_preempts(cast, submit):

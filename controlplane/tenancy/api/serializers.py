@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
@@ -11,10 +12,24 @@ from rest_framework import serializers
 
 from controlplane.tenancy.api.base import caller_role
 from controlplane.tenancy.api.common import StrictModelSerializer, StrictSerializer
-from controlplane.tenancy.models import ApiToken, Membership, Project, Role
+from controlplane.tenancy.models import PRIORITY_CHOICES, ApiToken, Membership, Project, Role
 
 User = get_user_model()
 MAX_QUOTA = 1_000_000
+
+
+class PriorityField(serializers.ChoiceField):
+    """A priority by name (low, normal, high); stored as its number."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=[name for _, name in PRIORITY_CHOICES], **kwargs)
+
+    def to_internal_value(self, data: Any) -> int:
+        name = super().to_internal_value(data)
+        return next(value for value, label in PRIORITY_CHOICES if label == name)
+
+    def to_representation(self, value: Any) -> str:
+        return dict(PRIORITY_CHOICES).get(value, str(value))
 
 
 class ProjectSerializer(StrictModelSerializer):
@@ -28,6 +43,10 @@ class ProjectSerializer(StrictModelSerializer):
     max_requests_per_minute = serializers.IntegerField(
         min_value=1, max_value=MAX_QUOTA * 60, allow_null=True, required=False
     )
+    max_priority = PriorityField(
+        required=False,
+        help_text="The highest priority its jobs and deployments may ask for (operators set it).",
+    )
 
     class Meta:
         model = Project
@@ -38,6 +57,7 @@ class ProjectSerializer(StrictModelSerializer):
             "max_gpus",
             "max_concurrent_jobs",
             "max_requests_per_minute",
+            "max_priority",
             "role",
             "created_at",
             "updated_at",
