@@ -34,7 +34,14 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["name", "members", "max_gpus", "max_concurrent_jobs", "max_priority", "created_at"]
+    list_display = [
+        "name",
+        "members",
+        "max_gpus",
+        "max_concurrent_jobs",
+        "max_priority",
+        "created_at",
+    ]
     search_fields = ["name", "description"]
     readonly_fields = ["created_by", "created_at", "updated_at"]
     inlines = [MembershipInline]
