@@ -483,6 +483,10 @@ JOB_RESTART_BACKOFF = env_float("CP_JOB_RESTART_BACKOFF", 1.0, minimum=0.0)
 JOB_RESTART_BACKOFF_MAX = env_float("CP_JOB_RESTART_BACKOFF_MAX", 60.0, minimum=0.0)
 JOB_LOG_CAP_BYTES = env_int("CP_JOB_LOG_CAP_BYTES", 20 * 1024 * 1024, minimum=1024)
 MODEL_UPLOAD_MAX_BYTES = env_int("CP_MODEL_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1024)
+# An upload may unpack to at most this many times its own size (decompression bombs), and
+# never so far that the storage disk keeps less than CP_STORAGE_MIN_FREE_BYTES free.
+UPLOAD_MAX_EXPANSION = env_float("CP_UPLOAD_MAX_EXPANSION", 20.0, minimum=1.0)
+STORAGE_MIN_FREE_BYTES = env_int("CP_STORAGE_MIN_FREE_BYTES", 1024**3, minimum=0)
 if JOB_LEASE_RENEW_INTERVAL * 2 > JOB_LEASE_SECONDS:
     raise ImproperlyConfigured(
         "CP_JOB_LEASE_RENEW_INTERVAL must be at most half of CP_JOB_LEASE_SECONDS."

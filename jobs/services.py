@@ -21,7 +21,7 @@ from rest_framework.exceptions import ValidationError
 
 from controlplane.cluster.models import Worker
 from controlplane.tenancy import secrets
-from controlplane.tenancy.errors import Conflict
+from controlplane.tenancy.errors import Conflict, InsufficientStorage
 from controlplane.tenancy.models import Project, Role
 from controlplane.tenancy.services import (
     Actor,
@@ -31,7 +31,7 @@ from controlplane.tenancy.services import (
     visible_projects,
 )
 from jobs import events, storage
-from jobs.archives import ArchiveError, resolve_inside, unpack
+from jobs.archives import ArchiveError, NoRoom, resolve_inside, unpack
 from jobs.lifecycle import request_tick, settle
 from jobs.models import Attempt, Job
 from jobs.spec import JobSpecSerializer, normalize, secret_refs
@@ -147,7 +147,10 @@ def _unpack_upload(upload: IO[bytes], size: int) -> Path:
             dest,
             max_files=settings.JOB_CODE_MAX_FILES,
             max_bytes=settings.JOB_CODE_MAX_BYTES * 4,
+            keep_free=settings.STORAGE_MIN_FREE_BYTES,
         )
+    except NoRoom as exc:
+        raise InsufficientStorage(str(exc), "code") from None
     except ArchiveError as exc:
         raise _invalid("code", str(exc)) from None
 

@@ -9,20 +9,20 @@ import os
 import shutil
 import struct
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Sum
 from django.utils.text import slugify
 from rest_framework.exceptions import ValidationError
 
-from controlplane.tenancy.errors import Conflict
+from controlplane.tenancy.errors import Conflict, InsufficientStorage, TooLarge
 from controlplane.tenancy.models import Project, Role
 from controlplane.tenancy.services import Actor, record, require_role
 from jobs import storage
-from jobs.archives import ArchiveError, unpack
+from jobs.archives import ArchiveError, ArchiveTooLarge, NoRoom, unpack
 from jobs.models import Checkpoint, Job
 from jobs.states import JobState
 from serving.models import Model, ModelVersion, VersionSource
@@ -182,6 +182,10 @@ def _add_version(
         except ValueError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             raise _invalid("source", f"Not a usable model directory: {exc}.") from None
+        left = quota_left(model.project)
+        if left is not None and size > left:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise TooLarge(_quota_message(model.project), "source")
         try:
             version = ModelVersion.objects.create(
                 model=model,
@@ -246,34 +250,75 @@ def register_job_model(actor: Actor, model: Model, job: Job) -> ModelVersion:
     )
 
 
+def _upload_name(path: PurePosixPath) -> str:
+    """Why a member of an uploaded model archive is refused ("" if it is not)."""
+    if len(path.parts) > 2:  # the files, or one directory holding them
+        return "put the model files at the top level."
+    if path.suffix not in ALLOWED_SUFFIXES:
+        return (
+            "only .safetensors weights and JSON/tokenizer files are accepted "
+            "(no pickles: convert .bin/.pt with safetensors first)."
+        )
+    return ""
+
+
+def storage_used(project: Project) -> int:
+    """Bytes the project's model versions and its jobs' checkpoints take."""
+    versions = ModelVersion.objects.filter(model__project=project).aggregate(s=Sum("size_bytes"))
+    checkpoints = Checkpoint.objects.filter(job__project=project).aggregate(s=Sum("size_bytes"))
+    return (versions["s"] or 0) + (checkpoints["s"] or 0)
+
+
+def quota_left(project: Project) -> int | None:
+    """Bytes the project may still store (None: no quota)."""
+    if project.max_storage_bytes is None:
+        return None
+    return project.max_storage_bytes - storage_used(project)
+
+
+def _quota_message(project: Project) -> str:
+    return (
+        f"Project {project.name} would pass its storage quota of {project.max_storage_bytes} "
+        f"bytes ({storage_used(project)} used): delete model versions or ask an operator."
+    )
+
+
 def register_upload(actor: Actor, model: Model, archive: IO[bytes], size: int) -> ModelVersion:
     """An uploaded tar/zip of a HF directory (safetensors + JSON/tokenizer files only)."""
     require_role(actor, model.project, Role.MEMBER)
     if size > settings.MODEL_UPLOAD_MAX_BYTES:
-        raise _invalid(
-            "archive",
+        raise TooLarge(
             f"The archive is {size} bytes; the limit is {settings.MODEL_UPLOAD_MAX_BYTES}.",
+            "archive",
         )
+    left = quota_left(model.project)
+    if left is not None and left <= 0:
+        raise TooLarge(_quota_message(model.project), "archive")
+    limit = settings.MODEL_UPLOAD_MAX_BYTES * 2
     staging = models_root() / ".uploads" / os.urandom(8).hex()
     try:
+        # Names, sizes and the expansion are checked from the headers, before extracting.
         unpack(
             archive,
             staging,
             max_files=MAX_UPLOAD_FILES,
-            max_bytes=settings.MODEL_UPLOAD_MAX_BYTES * 2,
+            max_bytes=limit if left is None else min(limit, left),
+            max_ratio=settings.UPLOAD_MAX_EXPANSION,
+            archive_size=size,
+            keep_free=settings.STORAGE_MIN_FREE_BYTES,
+            allow=_upload_name,
         )
+    except ArchiveTooLarge as exc:
+        message = _quota_message(model.project) if left is not None and left < limit else str(exc)
+        raise TooLarge(message, "archive") from None
+    except NoRoom as exc:
+        raise InsufficientStorage(str(exc), "archive") from None
     except ArchiveError as exc:
         raise _invalid("archive", str(exc)) from None
     try:
         for path in staging.rglob("*"):
             if path.is_dir():
                 raise _invalid("archive", f"{path.name}/: put the model files at the top level.")
-            if path.suffix not in ALLOWED_SUFFIXES:
-                raise _invalid(
-                    "archive",
-                    f"{path.name}: only .safetensors weights and JSON/tokenizer files are "
-                    "accepted (no pickles: convert .bin/.pt with safetensors first).",
-                )
         return _add_version(actor, model, staging, VersionSource.UPLOAD, copy=False)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

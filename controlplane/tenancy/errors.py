@@ -20,6 +20,18 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class TooLarge(ServiceError):
+    """Over a size limit or a quota (413)."""
+
+    status_code = 413
+
+
+class InsufficientStorage(ServiceError):
+    """The server's disk has no room for it now (507)."""
+
+    status_code = 507
+
+
 class Forbidden(ServiceError):
     """The caller may see the object but lacks the role for this action."""
 

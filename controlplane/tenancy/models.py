@@ -46,6 +46,11 @@ class Project(models.Model):
         blank=True,
         help_text="Gateway requests per minute to this project's deployments; empty: no limit.",
     )
+    max_storage_bytes = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Bytes its model versions and checkpoints may take; empty: no limit.",
+    )
     max_priority = models.PositiveSmallIntegerField(
         choices=PRIORITY_CHOICES,
         default=1,

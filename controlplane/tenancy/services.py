@@ -119,10 +119,11 @@ PROJECT_FIELDS = (
     "max_concurrent_jobs",
     "max_requests_per_minute",
     "max_priority",
+    "max_storage_bytes",
 )
 #: What only operators (staff) change: a project admin could otherwise grant itself the
-#: right to preempt other projects.
-OPERATOR_FIELDS = {"max_priority"}
+#: right to preempt other projects, or the server's disk.
+OPERATOR_FIELDS = {"max_priority", "max_storage_bytes"}
 
 
 def check_priority(project: Project, priority: int, field: str = "priority") -> None:
@@ -146,6 +147,7 @@ def create_project(
     max_concurrent_jobs: int | None = None,
     max_requests_per_minute: int | None = None,
     max_priority: int = 1,
+    max_storage_bytes: int | None = None,
 ) -> Project:
     """Create a project; the creating user becomes its admin."""
     if actor.user is not None and not actor.user.is_staff:
@@ -161,6 +163,7 @@ def create_project(
                 max_concurrent_jobs=max_concurrent_jobs,
                 max_requests_per_minute=max_requests_per_minute,
                 max_priority=max_priority,
+                max_storage_bytes=max_storage_bytes,
                 created_by=actor.user,
             )
     except IntegrityError:

@@ -190,3 +190,52 @@ def test_malformed_safetensors_headers_are_a_400_that_says_why(cast, api, tmp_pa
     assert refused.status_code == 400, refused.content
     assert says in json.dumps(refused.json())
     assert ModelVersion.objects.count() == 0
+
+
+def test_a_decompression_bomb_is_refused_from_its_headers_before_anything_is_written(
+    cast, api, tmp_path, settings
+):
+    settings.UPLOAD_MAX_EXPANSION = 20.0
+    directory = hf_dir(tmp_path / "bomb")
+    (directory / "zeros.safetensors").write_bytes(b"\0" * (80 * 1024 * 1024))  # 80 MiB of zeros
+    bomb = tar_of(directory)
+    assert len(bomb) < 1024 * 1024  # it compresses to almost nothing
+    bob = api(cast.bob)
+    model = bob.post("/api/v1/models/", {"name": "bomb", "project": "alpha"}).json()
+    url = f"/api/v1/models/{model['id']}/versions/"
+    refused = bob.post(url, {"archive": io.BytesIO(bomb)}, format="multipart")
+    assert refused.status_code == 413 and "decompression bomb" in refused.json()["archive"][0]
+    assert not list((storage.root() / "models").rglob("zeros.safetensors"))
+    # A pickle is refused by its name, before it is unpacked.
+    pickled = hf_dir(tmp_path / "pickled", extra={"optimizer.pt": b"x" * 10})
+    refused = bob.post(url, {"archive": io.BytesIO(tar_of(pickled))}, format="multipart")
+    assert refused.status_code == 400 and "optimizer.pt" in refused.json()["archive"][0]
+    assert not list((storage.root() / "models").rglob("optimizer.pt"))
+
+
+def test_the_project_storage_quota_and_the_free_disk_are_enforced(cast, api, tmp_path, settings):
+    good = tar_of(hf_dir(tmp_path / "ok"))
+    bob = api(cast.bob)
+    model = bob.post("/api/v1/models/", {"name": "quota", "project": "alpha"}).json()
+    url = f"/api/v1/models/{model['id']}/versions/"
+    # Only operators set the quota.
+    alice = api(cast.alice)
+    assert (
+        alice.patch(f"/api/v1/projects/{cast.alpha.pk}/", {"max_storage_bytes": 10}).status_code
+        == 403
+    )
+    olga = api(cast.olga)
+    assert (
+        olga.patch(f"/api/v1/projects/{cast.alpha.pk}/", {"max_storage_bytes": 100}).status_code
+        == 200
+    )
+    refused = bob.post(url, {"archive": io.BytesIO(good)}, format="multipart")
+    assert refused.status_code == 413 and "storage quota" in refused.json()["archive"][0]
+    olga.patch(f"/api/v1/projects/{cast.alpha.pk}/", {"max_storage_bytes": None})
+    # The disk keeps its reserve: asking for more free space than there is refuses it.
+    settings.STORAGE_MIN_FREE_BYTES = 2**62
+    full = bob.post(url, {"archive": io.BytesIO(good)}, format="multipart")
+    assert full.status_code == 507 and "free" in full.json()["archive"][0]
+    settings.STORAGE_MIN_FREE_BYTES = 0
+    assert bob.post(url, {"archive": io.BytesIO(good)}, format="multipart").status_code == 201
+    assert ModelVersion.objects.count() == 1

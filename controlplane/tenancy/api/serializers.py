@@ -43,6 +43,9 @@ class ProjectSerializer(StrictModelSerializer):
     max_requests_per_minute = serializers.IntegerField(
         min_value=1, max_value=MAX_QUOTA * 60, allow_null=True, required=False
     )
+    max_storage_bytes = serializers.IntegerField(
+        min_value=0, max_value=2**62, allow_null=True, required=False
+    )
     max_priority = PriorityField(
         required=False,
         help_text="The highest priority its jobs and deployments may ask for (operators set it).",
@@ -58,6 +61,7 @@ class ProjectSerializer(StrictModelSerializer):
             "max_concurrent_jobs",
             "max_requests_per_minute",
             "max_priority",
+            "max_storage_bytes",
             "role",
             "created_at",
             "updated_at",
