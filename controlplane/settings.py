@@ -348,6 +348,7 @@ SPECTACULAR_SETTINGS = {
         "AttemptStateEnum": "jobs.states.AttemptState",
         "NodeStateEnum": "jobs.models.NodeState",
         "StopReasonEnum": "jobs.states.StopReason",
+        "PriorityEnum": ["low", "normal", "high"],
     },
 }
 

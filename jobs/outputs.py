@@ -147,8 +147,9 @@ def record_checkpoint(
         job_id,
         {
             "type": "checkpoint",
+            "id": checkpoint.pk,
             "step": step,
-            "path": checkpoint.path,
+            "path": storage.shown(checkpoint.path),
             "size": checkpoint.size_bytes,
         },
     )

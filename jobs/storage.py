@@ -34,6 +34,17 @@ def work_dir(job_id: int, attempt: int, rank: int) -> Path:
     return job_root(job_id) / "attempts" / str(attempt) / f"node{rank}"
 
 
+def shown(path: str | Path) -> str:
+    """A server path as clients see it: relative to the storage root (never the server's
+    own layout); "" for none."""
+    if not path:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(root().resolve()))
+    except ValueError:
+        return Path(path).name  # outside the storage root: its name only
+
+
 def is_inside(path: Path, parent: Path) -> bool:
     path, parent = path.resolve(), parent.resolve()
     return path == parent or parent in path.parents

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from jobs import storage
 from jobs.models import Attempt, AttemptNode, Checkpoint, Job, LogChunk
 from jobs.states import JobState, Priority
 
@@ -17,8 +18,18 @@ class NodeSerializer(serializers.ModelSerializer):
         fields = ["rank", "worker", "gpus", "cpu_slots", "state", "exit_code", "lease_expires_at"]
 
 
+class StoragePathField(serializers.CharField):
+    """A path relative to the storage root (``jobs/12/checkpoints/step-7``)."""
+
+    def to_representation(self, value: str) -> str:
+        return storage.shown(value)
+
+
 class AttemptSerializer(serializers.ModelSerializer):
     nodes = NodeSerializer(many=True, read_only=True)
+    resume_from = StoragePathField(
+        read_only=True, help_text="The checkpoint it resumed from, relative to the storage root."
+    )
 
     class Meta:
         model = Attempt
@@ -106,9 +117,11 @@ class JobDetailSerializer(JobSerializer):
 
 
 class CheckpointSerializer(serializers.ModelSerializer):
+    path = StoragePathField(read_only=True, help_text="Relative to the storage root.")
+
     class Meta:
         model = Checkpoint
-        fields = ["step", "path", "size_bytes", "metrics", "created_at"]
+        fields = ["id", "step", "path", "size_bytes", "metrics", "created_at"]
 
 
 class LogChunkSerializer(serializers.ModelSerializer):

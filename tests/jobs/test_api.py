@@ -226,3 +226,18 @@ def test_logs_page_forward_from_a_cursor_and_metrics_downsample(cast, api, clust
     points = series["series"]["loss"]
     assert len(points) == 10 and points[0] == [9, 4.5] and points[-1] == [99, 94.5]
     assert Job.objects.get(pk=job["id"]).progress["step"] == 99
+
+
+def test_checkpoints_show_their_id_and_a_path_relative_to_the_storage_root(cast, api, cluster):
+    from jobs import storage
+
+    bob = api(cast.bob)
+    job = bob.post("/api/v1/jobs/", {"name": "x", "project": "alpha", "entrypoint": BUILTIN}).json()
+    ckpt = storage.checkpoint_root(job["id"]) / "step-3"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"x")
+    made = outputs.record_checkpoint(job["id"], None, 3, str(ckpt))
+    [shown] = bob.get(f"/api/v1/jobs/{job['id']}/checkpoints/").json()
+    assert shown["id"] == made.pk
+    assert shown["path"] == f"jobs/{job['id']}/checkpoints/step-3"
+    assert str(storage.root()) not in str(bob.get(f"/api/v1/jobs/{job['id']}/").json())
