@@ -390,6 +390,7 @@ def test_a_frozen_worker_stops_its_job_itself_before_it_runs_elsewhere(stack):
         stack.thaw_worker(victim)
     # Lease 4 s: the guard stopped the job at 2 s (SIGTERM) or 3 s (SIGKILL) without it.
     assert gone_after is not None and gone_after < 4.0, gone_after
+    print(f"frozen worker: workload gone {gone_after:.2f} s after the freeze (lease 4 s)")
     current = wait_state(stack, submitted["id"], TERMINAL, timeout=120)
     assert most == 1
     assert current["state"] == "SUCCEEDED", logs(stack, submitted["id"])
