@@ -140,6 +140,14 @@ def attempts(stack: Stack, job_id: int) -> list[dict]:
     return stack.api.get(f"/api/v1/jobs/{job_id}/attempts/").json()
 
 
+def holder(stack: Stack, job_id: int) -> str | None:
+    """The host running the job's attempt once it has checkpointed step 3, else None."""
+    current = attempts(stack, job_id)
+    if current and current[-1]["state"] == "RUNNING" and "step 3" in logs(stack, job_id):
+        return current[-1]["nodes"][0]["worker"]
+    return None
+
+
 def running_scripts(name: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -307,17 +315,7 @@ def test_a_killed_worker_loses_its_attempt_and_the_job_resumes_elsewhere(stack):
         max_restarts=2,
     )
 
-    def holder():
-        current = attempts(stack, submitted["id"])
-        if (
-            current
-            and current[-1]["state"] == "RUNNING"
-            and "step 3" in logs(stack, submitted["id"])
-        ):
-            return current[-1]["nodes"][0]["worker"]
-        return None
-
-    victim = wait_for(holder, 90, "the job to run and checkpoint")
+    victim = wait_for(lambda: holder(stack, submitted["id"]), 90, "the job to checkpoint")
     stack.kill_worker(victim)
     # The guard kills the job's processes when their worker dies.
     wait_for(lambda: not running_scripts("trainer.py"), 10, "the orphaned processes to die")
@@ -355,17 +353,7 @@ def test_a_frozen_worker_stops_its_job_itself_before_it_runs_elsewhere(stack):
         max_restarts=2,
     )
 
-    def holder():
-        current = attempts(stack, submitted["id"])
-        if (
-            current
-            and current[-1]["state"] == "RUNNING"
-            and "step 3" in logs(stack, submitted["id"])
-        ):
-            return current[-1]["nodes"][0]["worker"]
-        return None
-
-    victim = wait_for(holder, 90, "the job to run and checkpoint")
+    victim = wait_for(lambda: holder(stack, submitted["id"]), 90, "the job to checkpoint")
     stack.freeze_worker(victim)
     frozen_at = time.monotonic()
     most, gone_after, resumed = 0, None, None
