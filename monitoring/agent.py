@@ -335,6 +335,15 @@ def start(worker_id: int, worker_name: str) -> TelemetryAgent | None:
     return _agent
 
 
+def rebind(worker_id: int) -> None:
+    """This host registered again under a new id (its row was removed meanwhile): the
+    running agent reports under the new one from its next sample."""
+    if _agent is not None and _agent.worker_id != worker_id:
+        log.info("telemetry agent: host id %s -> %s", _agent.worker_id, worker_id)
+        _agent.worker_id = worker_id
+        _agent._holdings_at = float("-inf")  # re-read which jobs hold its devices
+
+
 def stop() -> None:
     global _agent
     if _agent is not None:

@@ -26,13 +26,19 @@ class Heartbeat(threading.Thread):
         self.node = node
         self.stopping = threading.Event()
 
+    def beat(self) -> None:
+        """One heartbeat; registers again if the host's row is gone (a new id, which the
+        telemetry agent then reports under)."""
+        if not services.heartbeat(settings.HOSTNAME):
+            log.warning("worker row missing or marked stopped; registering again")
+            worker = services.register_worker(host.collect(self.node))
+            telemetry.rebind(worker.pk)
+
     def run(self) -> None:
         while not self.stopping.wait(settings.WORKER_HEARTBEAT_INTERVAL):
             close_old_connections()
             try:
-                if not services.heartbeat(settings.HOSTNAME):
-                    log.warning("worker row missing or marked stopped; registering again")
-                    services.register_worker(host.collect(self.node))
+                self.beat()
             except Exception:  # the database may be briefly away; try again next beat
                 log.exception("heartbeat failed")
         connection.close()

@@ -165,3 +165,24 @@ def test_old_buckets_roll_up_to_minutes_and_retention_deletes_the_oldest(db, set
     assert coarse[0].energy_j == 600.0
     assert services.purge(now) == 1
     assert HostHistory.objects.count() == 1
+
+
+def test_a_host_that_registers_again_under_a_new_id_is_reported_under_it(
+    fake_gpus, cast, settings, monkeypatch
+):
+    from controlplane.cluster.models import Worker
+    from monitoring import agent as telemetry
+    from workers.presence import Heartbeat
+
+    settings.HOSTNAME = "rebound-host"
+    nv = fake_gpus([{}])
+    old = host("rebound-host", gpus=1)
+    agent = TelemetryAgent(old.pk, old.name, interval=0.1, gateway=nv, persist=False)
+    monkeypatch.setattr(telemetry, "_agent", agent)  # this process's agent, not started
+    assert ticks(agent, 1)[0]["host"]["id"] == old.pk
+    Worker.objects.filter(pk=old.pk).delete()  # an operator removed the row
+    Heartbeat("cp@rebound-host").beat()
+    new = Worker.objects.get(name="rebound-host")
+    assert new.pk != old.pk
+    assert ticks(agent, 1)[0]["host"]["id"] == new.pk
+    agent.close()
