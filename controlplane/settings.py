@@ -530,7 +530,7 @@ METRICS_LOOPBACK_OPEN = env_bool("CP_METRICS_LOOPBACK_OPEN", True)
 # browsers watch; each web process hands it to its own sockets (bounded buffers there).
 CHANNEL_LAYERS["telemetry"] = {
     "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-    "CONFIG": {"hosts": [dict(_LAYER_HOST)], "prefix": f"{CACHE_PREFIX}:tm"},
+    "CONFIG": {"hosts": [_LAYER_HOST], "prefix": f"{CACHE_PREFIX}:tm"},
 }
 CELERY_BEAT_SCHEDULE["telemetry-history"] = {
     "task": "monitoring.maintain_history",

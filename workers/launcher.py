@@ -266,8 +266,10 @@ class NodeRun:
             )
         except environments.Stopped:
             self._release()
+            # Asked to stop: its exit counts. Cut off (no renewal for too long): the reaper
+            # gives it up as LOST, never as an exit 0 that would count as success.
             if keeper.silent_for() < fence_after()[0]:
-                lifecycle.finish_node(plan.node_id, plan.claim, 0)  # fenced: changes nothing
+                lifecycle.finish_node(plan.node_id, plan.claim, 0)
             return "stopped while its environment was prepared"
         except environments.BuildError as exc:
             self._release()
@@ -447,9 +449,9 @@ class NodeRun:
             master = lifecycle.master_of(plan.attempt_id)
             if master:
                 return master
-            if keeper.fenced.is_set():
-                return False
-            if keeper.stop or keeper.silent_for() >= fence_after()[0]:
+            if keeper.fenced.is_set() or keeper.silent_for() >= fence_after()[0]:
+                return False  # not ours, or cut off: the reaper gives the node up (LOST)
+            if keeper.stop:
                 lifecycle.finish_node(plan.node_id, plan.claim, 0)
                 return False
             time.sleep(0.1)
