@@ -158,6 +158,22 @@ class Stack:
         assert self.proc is not None
         return psutil.Process(self.proc.pid).children(recursive=True)
 
+    def supervisorctl(self, *args: str) -> str:
+        """What ``supervisorctl`` says about the running stack's processes."""
+        config = self.var_dir / "supervisor" / "supervisord.conf"
+        result = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return result.stdout
+
+    def program_pid(self, name: str) -> int:
+        """The pid of the stack's process ``name`` (web, worker, beat, redis); 0 if none."""
+        answer = self.supervisorctl("pid", name).strip()
+        return int(answer) if answer.isdigit() else 0
+
     def manage(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "manage.py", *args],

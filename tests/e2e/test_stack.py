@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import httpx
 import psutil
@@ -13,6 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.e2e.stack import ADMIN_PASSWORD, Stack
+from tests.e2e.test_jobs import attempts, logs, submit, wait_for, wait_state
 
 pytestmark = pytest.mark.e2e
 
@@ -121,4 +123,85 @@ def test_the_stack_boots_serves_and_stops_cleanly_then_restarts_on_the_same_data
         login(browser, ADMIN_PASSWORD)
         assert "kept-across-restarts" in browser.get("/").text
     assert stack.interrupt() == 0
-    assert re.search(r"worker stopped \(rc=0\)", stack.log())
+    assert re.search(r"stopped: worker \(exit status 0\)", stack.log())
+
+
+@pytest.fixture
+def healing_stack():
+    # Jobs run on the stack's own worker (the "local training jobs" of `make run`).
+    instance = Stack(
+        fake_gpus=0,
+        extra_env={
+            "CP_WORKER_CPU_SLOTS": "2",
+            "CP_JOB_LEASE_SECONDS": "4",
+            "CP_JOB_LEASE_RENEW_INTERVAL": "0.5",
+            "CP_WORKER_HEARTBEAT_INTERVAL": "0.5",
+            "CP_WORKER_OFFLINE_AFTER": "3",
+            "CP_SCHEDULER_INTERVAL": "0.5",
+        },
+    )
+    yield instance
+    instance.close()
+
+
+def kill_and_wait_for_restart(stack: Stack, name: str) -> float:
+    """kill -9 the stack's process ``name``; seconds until a new one runs and /readyz is
+    green again."""
+    old = stack.program_pid(name)
+    assert old, stack.supervisorctl("status")
+    psutil.Process(old).kill()
+    started = time.monotonic()
+    wait_for(lambda: stack.program_pid(name) not in (0, old), 60, f"{name} to be restarted")
+    stack.wait_ready(timeout=60)
+    return time.monotonic() - started
+
+
+def test_the_stack_restarts_a_killed_process_and_a_running_job_survives(healing_stack):
+    stack = healing_stack
+    stack.start()
+    stack.wait_ready()
+    minted = stack.manage("create_token", "admin", "--name", "e2e")
+    assert minted.returncode == 0, minted.stderr
+    stack.api = httpx.Client(
+        base_url=stack.url, headers={"Authorization": f"Bearer {minted.stdout.strip()}"}
+    )
+    created = submit(
+        stack,
+        name="survivor",
+        entrypoint=["python", "trainer.py"],
+        env={"STEPS": "120", "STEP_SECONDS": "0.25"},
+    )
+    wait_for(lambda: "step 2" in logs(stack, created["id"]), 60, "the job to run")
+
+    # Each of these dies and comes back on its own; the job keeps its one attempt.
+    names = ["web", "beat"] + (["redis"] if "REDIS_URL" not in stack.env else [])
+    recovery = {name: kill_and_wait_for_restart(stack, name) for name in names}
+    assert all(seconds < 30 for seconds in recovery.values()), recovery
+    assert stack.api.get(f"/api/v1/jobs/{created['id']}/").json()["state"] == "RUNNING"
+    finished = wait_state(stack, created["id"], {"SUCCEEDED", "FAILED", "CANCELLED"})
+    assert finished["state"] == "SUCCEEDED", finished
+    assert len(attempts(stack, created["id"])) == 1
+    text = logs(stack, created["id"])
+    assert "finished all steps" in text and "resumed from" not in text
+
+    # A killed worker comes back too, and takes the work it lost up again.
+    second = submit(
+        stack,
+        name="resumer",
+        entrypoint=["python", "trainer.py"],
+        env={"STEPS": "40", "STEP_SECONDS": "0.25"},
+        max_restarts=2,
+    )
+    wait_for(lambda: "step 3" in logs(stack, second["id"]), 60, "the second job to run")
+    killed = time.monotonic()
+    recovery["worker"] = kill_and_wait_for_restart(stack, "worker")
+    wait_for(lambda: len(attempts(stack, second["id"])) == 2, 60, "the job to run again")
+    recovery["job resumed"] = time.monotonic() - killed
+    finished = wait_state(stack, second["id"], {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=120)
+    assert finished["state"] == "SUCCEEDED", finished
+    assert "resumed from" in logs(stack, second["id"])
+    assert [a["state"] for a in attempts(stack, second["id"])] == ["LOST", "SUCCEEDED"]
+    # The other processes were never restarted: supervisord restarted only what died.
+    status = stack.supervisorctl("status")
+    assert status.count("RUNNING") == len(names) + 1, status
+    print(f"recovery seconds: {recovery}")
