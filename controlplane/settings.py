@@ -329,7 +329,7 @@ REST_FRAMEWORK = {
         "user": _rate("CP_THROTTLE_USER", "1200/min"),
         "anon": _rate("CP_THROTTLE_ANON", "60/min"),
     },
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "controlplane.schema.ControlPlaneSchema",
     "EXCEPTION_HANDLER": "controlplane.tenancy.api.common.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
@@ -343,6 +343,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "controlplane.schema.closed_request_bodies",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "JobStateEnum": "jobs.states.JobState",
         "AttemptStateEnum": "jobs.states.AttemptState",
@@ -358,6 +362,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
+CSRF_FAILURE_VIEW = "controlplane.views.csrf_failure"
 # An open websocket re-checks its token and its user's access this often (revocations
 # and removals also close it at once).
 WS_RECHECK_SECONDS = env_float("CP_WS_RECHECK_SECONDS", 30.0, minimum=1.0)

@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from kombu import Connection
 
 from controlplane.cluster.models import Worker
@@ -106,3 +107,25 @@ def readyz(request: HttpRequest) -> JsonResponse:
         {"status": "ready" if ready else "not ready", "checks": checks},
         status=200 if ready else 503,
     )
+
+
+@csrf_exempt  # it changes nothing: a POST to no operation is a 404, not a CSRF page
+def api_not_found(request: HttpRequest) -> JsonResponse:
+    """A path under /api/ that names no API operation (or an id that is not a number)."""
+    detail = f"No API operation at {request.path}; see /api/docs/."
+    if not request.path.endswith("/"):
+        detail = f"No API operation at {request.path}: API paths end with a slash (add one)."
+    return JsonResponse({"detail": detail}, status=404)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A refused CSRF check: JSON under /api/ (the API's error format), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        detail = (
+            f"CSRF check failed ({reason}). With a session cookie send the X-CSRFToken header;"
+            " API clients should use Authorization: Bearer <token> instead."
+        )
+        return JsonResponse({"detail": detail}, status=403)
+    from django.views.csrf import csrf_failure as django_csrf_failure
+
+    return django_csrf_failure(request, reason)

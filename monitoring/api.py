@@ -90,7 +90,7 @@ RANGE_PARAMETERS = [
 
 
 def _range(request: Request) -> dict[str, Any]:
-    query = RangeQuery(data=request.query_params.dict())
+    query = RangeQuery(data=request.query_params)
     query.is_valid(raise_exception=True)
     return query.validated_data
 

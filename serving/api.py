@@ -40,6 +40,14 @@ class ModelSerializer(StrictModelSerializer):
         read_only_fields = ["id", "created_at"]
         extra_kwargs = {"name": {"validators": []}}
 
+    def to_internal_value(self, data: Any) -> Any:
+        # DRF reads "" as "not given" for a related field: the schema (and a user) would not.
+        if isinstance(data, dict) and data.get("project") == "":
+            raise serializers.ValidationError(
+                {"project": ["Give a project's name, or leave the field out for 'default'."]}
+            )
+        return super().to_internal_value(data)
+
     def get_latest_version(self, obj: Model) -> int | None:
         latest = max((v.version for v in obj.versions.all()), default=None)
         return latest
@@ -128,10 +136,11 @@ class ModelViewSet(
 
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         model = self.get_object()
-        serializer = ModelUpdateSerializer(data=request.data)
+        serializer = ModelUpdateSerializer(data=request.data, partial=kwargs.get("partial"))
         serializer.is_valid(raise_exception=True)
-        model.description = serializer.validated_data["description"]
-        model.save(update_fields=["description"])
+        if "description" in serializer.validated_data:  # a PATCH may leave it as it is
+            model.description = serializer.validated_data["description"]
+            model.save(update_fields=["description"])
         return Response(ModelSerializer(model).data)
 
     @extend_schema(request=NewVersionSerializer, responses={200: VersionSerializer(many=True)})

@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
+from django.http import QueryDict
 from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
@@ -67,13 +68,42 @@ class LimitedJSONParser(parsers.JSONParser):
             raise exceptions.ParseError(f"JSON parse error: {exc}.") from None
 
 
+# What a JSON value of each field must be: DRF would turn 5 into "5" and "5" into 5, so a
+# client's mistake (or a generated client's) would pass silently, and the schema would lie.
+_JSON_TYPES: list[tuple[type, tuple[type, ...], str]] = [
+    (serializers.BooleanField, (bool,), "true or false"),
+    (serializers.CharField, (str,), "a string"),
+    (serializers.IntegerField, (int,), "a whole number"),
+    (serializers.FloatField, (int, float), "a number"),
+]
+
+
+def _wrong_types(fields: dict[str, serializers.Field], data: dict) -> dict[str, list[str]]:
+    errors = {}
+    for name, field in fields.items():
+        value = data.get(name)
+        if field.read_only or value is None:
+            continue
+        for kind, allowed, said in _JSON_TYPES:
+            if isinstance(field, kind):
+                wrong = isinstance(value, bool) and bool not in allowed
+                if wrong or not isinstance(value, allowed):
+                    errors[name] = [f"Must be {said}, not {type(value).__name__}."]
+                break
+    return errors
+
+
 class StrictSerializer(serializers.Serializer):
-    """A serializer that rejects fields it does not know instead of ignoring them.
+    """A serializer that rejects fields it does not know instead of ignoring them, and in
+    a JSON body values of the wrong type (a form's values are all strings: those DRF reads).
 
     Read-only fields are let through (and ignored), so a client may send back what it read.
     """
 
     def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict) and not isinstance(data, QueryDict):
+            if wrong := _wrong_types(self.fields, data):
+                raise serializers.ValidationError(wrong)
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
@@ -94,6 +124,26 @@ class StrictModelSerializer(StrictSerializer, serializers.ModelSerializer):
 class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 1000
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"]["minimum"] = 1
+            elif parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+        return parameters
+
+    def get_page_size(self, request: Any) -> int | None:
+        """``page_size`` from 1 to 1000, or a 400 saying so (DRF ignores a bad one)."""
+        given = request.query_params.getlist(self.page_size_query_param)
+        if not given:
+            return self.page_size
+        if len(given) > 1 or not given[0].isdigit() or not 1 <= int(given[0]) <= 1000:
+            raise exceptions.ValidationError(
+                {"page_size": [f"Give one whole number from 1 to {self.max_page_size}."]}
+            )
+        return int(given[0])
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

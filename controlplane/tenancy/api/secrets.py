@@ -86,11 +86,12 @@ class SecretViewSet(
     @extend_schema(request=SecretValueSerializer, responses={200: SecretSerializer})
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         secret = self.get_object()
-        data = SecretValueSerializer(data=request.data)
+        data = SecretValueSerializer(data=request.data, partial=kwargs.get("partial"))
         data.is_valid(raise_exception=True)
-        secret = secrets.set_secret(
-            self.actor(), secret.project, secret.name, data.validated_data["value"]
-        )
+        if "value" in data.validated_data:  # a PATCH may leave it as it is
+            secret = secrets.set_secret(
+                self.actor(), secret.project, secret.name, data.validated_data["value"]
+            )
         return Response(SecretSerializer(secret).data)
 
     def perform_destroy(self, instance: ProjectSecret) -> None:

@@ -98,11 +98,12 @@ class MemberViewSet(
 
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         membership = self.get_object()
-        serializer = MembershipUpdateSerializer(data=request.data)
+        serializer = MembershipUpdateSerializer(data=request.data, partial=kwargs.get("partial"))
         serializer.is_valid(raise_exception=True)
-        membership = services.change_role(
-            self.actor(), membership, serializer.validated_data["role"]
-        )
+        if "role" in serializer.validated_data:  # a PATCH may leave it as it is
+            membership = services.change_role(
+                self.actor(), membership, serializer.validated_data["role"]
+            )
         return Response(MembershipSerializer(membership).data)
 
     def perform_destroy(self, instance: Membership) -> None:
