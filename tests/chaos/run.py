@@ -207,14 +207,14 @@ class Chaos:
                 return found
             page += 1
 
-    def running_on(self, host: str) -> list[int]:
-        ids = [i for i, s in self.states().items() if s == "RUNNING"]
-        held = []
-        for job_id in ids:
+    def held_by_host(self) -> dict[str, list[int]]:
+        """The jobs whose running attempt has a node on each host (one pass over them)."""
+        held: dict[str, list[int]] = {host: [] for host in self.hosts}
+        for job_id in [i for i, s in self.states().items() if s == "RUNNING"]:
             runs = attempts(self.stack, job_id)
             if runs and runs[-1]["state"] == "RUNNING":
-                if any(n["worker"] == host for n in runs[-1]["nodes"]):
-                    held.append(job_id)
+                for host in {n["worker"] for n in runs[-1]["nodes"]} & set(held):
+                    held[host].append(job_id)
         return held
 
     def wait_moved(self, held: list[int], since: float, timeout: float = 90) -> float:
@@ -238,14 +238,14 @@ class Chaos:
 
     # The faults.
 
-    def victim(self) -> str:
-        """A host that runs some job now (else any)."""
-        busy = [h for h in self.hosts if self.running_on(h)]
-        return self.random.choice(busy or self.hosts)
+    def victim(self) -> tuple[str, list[int]]:
+        """A host that runs some job now (else any), and the jobs it runs."""
+        held = self.held_by_host()
+        host = self.random.choice([h for h in self.hosts if held[h]] or self.hosts)
+        return host, held[host]
 
     def kill_worker(self) -> None:
-        host = self.victim()
-        held = self.running_on(host)
+        host, held = self.victim()
         killed = time.monotonic()
         self.stack.kill_worker(host)
         time.sleep(2)
@@ -254,8 +254,7 @@ class Chaos:
         self.record("worker kill: its jobs requeued", self.wait_moved(held, killed))
 
     def stall_worker(self) -> None:
-        host = self.victim()
-        held = self.running_on(host)
+        host, held = self.victim()
         frozen = time.monotonic()
         self.stack.freeze_worker(host)
         try:
