@@ -493,6 +493,12 @@ MODEL_UPLOAD_MAX_BYTES = env_int("CP_MODEL_UPLOAD_MAX_BYTES", 10 * 1024**3, mini
 # never so far that the storage disk keeps less than CP_STORAGE_MIN_FREE_BYTES free.
 UPLOAD_MAX_EXPANSION = env_float("CP_UPLOAD_MAX_EXPANSION", 20.0, minimum=1.0)
 STORAGE_MIN_FREE_BYTES = env_int("CP_STORAGE_MIN_FREE_BYTES", 1024**3, minimum=0)
+# PostgreSQL ends a session left idle inside a transaction this long (0: never), so a
+# frozen or cut-off process cannot hold row locks that the reaper needs to give its jobs
+# up: a stalled worker's jobs are placed again within about two leases, not never.
+DB_IDLE_IN_TRANSACTION_TIMEOUT = env_float(
+    "CP_DB_IDLE_IN_TRANSACTION_TIMEOUT", max(5.0, JOB_LEASE_SECONDS), minimum=0.0
+)
 if JOB_LEASE_RENEW_INTERVAL * 2 > JOB_LEASE_SECONDS:
     raise ImproperlyConfigured(
         "CP_JOB_LEASE_RENEW_INTERVAL must be at most half of CP_JOB_LEASE_SECONDS."

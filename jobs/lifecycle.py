@@ -18,7 +18,7 @@ from pathlib import Path
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from controlplane import degraded
@@ -428,36 +428,56 @@ def reap(now=None) -> int:
         + [(pk, "host") for pk in stranded]
     )
     for node_id, why in candidates:
-        with transaction.atomic():
-            node = AttemptNode.objects.select_related("attempt").get(pk=node_id)
-            attempt = Attempt.objects.select_for_update().get(pk=node.attempt_id)
-            node.refresh_from_db()
-            if attempt.state not in ATTEMPT_LIVE or node.state == NodeState.EXITED:
-                continue
-            if why in ("start", "host") and node.state != NodeState.WAITING:
-                continue  # claimed meanwhile
-            if why == "lease" and (node.lease_expires_at is None or node.lease_expires_at >= now):
-                continue  # renewed meanwhile
-            if why == "lease":
-                message = (
-                    f"node {node.rank} on {node.worker_name} stopped renewing its lease "
-                    "(worker lost)"
-                )
-                # Until it heartbeats again, the host gets no new work (this job's included).
-                cluster.mark_suspect(node.worker_name, now)
-            elif why == "host":
-                message = (
-                    f"node {node.rank} was never started: its host {node.worker_name} went "
-                    "offline or lost a lease first"
-                )
-            else:
-                message = f"node {node.rank} was never started by {node.worker_name}"
-            reason = StopReason.LOST if why == "lease" else StopReason.NOT_STARTED
-            _give_up_on(node, attempt, message, now, reason)
-            settle(attempt, now)
-            given_up += 1
+        try:
+            given_up += _reap_one(node_id, why, now)
+        except OperationalError as exc:
+            # Its rows are locked (on PostgreSQL we wait at most REAP_LOCK_TIMEOUT): most
+            # likely by the frozen host itself, mid-transaction. The others are not held up;
+            # its session ends after CP_DB_IDLE_IN_TRANSACTION_TIMEOUT and a later pass
+            # gives it up.
+            log.warning("reaper: node %s is locked, left for the next pass (%s)", node_id, exc)
     _stop_overdue(now)
     return given_up
+
+
+#: Seconds the reaper waits for one node's row locks before it moves on (PostgreSQL).
+REAP_LOCK_TIMEOUT = 2.0
+
+
+def _reap_one(node_id: int, why: str, now) -> int:
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    [f"{int(REAP_LOCK_TIMEOUT * 1000)}ms"],
+                )
+        node = AttemptNode.objects.select_related("attempt").get(pk=node_id)
+        attempt = Attempt.objects.select_for_update().get(pk=node.attempt_id)
+        node.refresh_from_db()
+        if attempt.state not in ATTEMPT_LIVE or node.state == NodeState.EXITED:
+            return 0
+        if why in ("start", "host") and node.state != NodeState.WAITING:
+            return 0  # claimed meanwhile
+        if why == "lease" and (node.lease_expires_at is None or node.lease_expires_at >= now):
+            return 0  # renewed meanwhile
+        if why == "lease":
+            message = (
+                f"node {node.rank} on {node.worker_name} stopped renewing its lease (worker lost)"
+            )
+            # Until it heartbeats again, the host gets no new work (this job's included).
+            cluster.mark_suspect(node.worker_name, now)
+        elif why == "host":
+            message = (
+                f"node {node.rank} was never started: its host {node.worker_name} went "
+                "offline or lost a lease first"
+            )
+        else:
+            message = f"node {node.rank} was never started by {node.worker_name}"
+        reason = StopReason.LOST if why == "lease" else StopReason.NOT_STARTED
+        _give_up_on(node, attempt, message, now, reason)
+        settle(attempt, now)
+        return 1
 
 
 def _stop_overdue(now) -> None:

@@ -165,51 +165,60 @@ def _add_version(
     metrics: dict | None = None,
     copy: bool = True,
 ) -> ModelVersion:
-    """Put ``source_dir`` in the registry as the next version of ``model``."""
-    with transaction.atomic():
-        Model.objects.select_for_update().filter(pk=model.pk).first()
-        number = (model.versions.aggregate(n=Max("version"))["n"] or 0) + 1
-        dest = models_root() / str(model.pk) / str(number)
-        if dest.exists():
-            shutil.rmtree(dest)
+    """Put ``source_dir`` in the registry as the next version of ``model``.
+
+    The files are copied and checked before any row is locked (a model of many GB takes
+    minutes to copy; a transaction must not sit idle that long), then moved into place
+    under the model's lock."""
+    home = models_root() / str(model.pk)
+    home.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=home))
+    staged = staging / "model"
+    try:
         if copy:
-            _copy_model_files(source_dir, dest)
+            _copy_model_files(source_dir, staged)
         else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source_dir, dest)
+            os.replace(source_dir, staged)
         try:
-            size, params, model_type = _inspect(dest)
+            size, params, model_type = _inspect(staged)
         except ValueError as exc:
-            shutil.rmtree(dest, ignore_errors=True)
             raise _invalid("source", f"Not a usable model directory: {exc}.") from None
-        left = quota_left(model.project)
-        if left is not None and size > left:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise TooLarge(_quota_message(model.project), "source")
-        try:
-            version = ModelVersion.objects.create(
-                model=model,
-                version=number,
-                source=source,
-                job=job,
-                checkpoint_step=step,
-                path=str(dest),
-                size_bytes=size,
-                parameter_count=params,
-                model_type=model_type,
-                metrics=metrics or {},
-                created_by=actor.user,
-            )
-            record(
-                actor,
-                "model.version_registered",
-                version,
-                project=model.project,
-                detail={"source": source, "job": job and job.pk, "step": step},
-            )
-        except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
+        with transaction.atomic():
+            Model.objects.select_for_update().filter(pk=model.pk).first()
+            left = quota_left(model.project)
+            if left is not None and size > left:
+                raise TooLarge(_quota_message(model.project), "source")
+            number = (model.versions.aggregate(n=Max("version"))["n"] or 0) + 1
+            dest = home / str(number)
+            if dest.exists():  # left by a version whose row was deleted
+                shutil.rmtree(dest)
+            os.replace(staged, dest)
+            try:
+                version = ModelVersion.objects.create(
+                    model=model,
+                    version=number,
+                    source=source,
+                    job=job,
+                    checkpoint_step=step,
+                    path=str(dest),
+                    size_bytes=size,
+                    parameter_count=params,
+                    model_type=model_type,
+                    metrics=metrics or {},
+                    created_by=actor.user,
+                )
+                record(
+                    actor,
+                    "model.version_registered",
+                    version,
+                    project=model.project,
+                    detail={"source": source, "job": job and job.pk, "step": step},
+                )
+            except BaseException:
+                shutil.rmtree(dest, ignore_errors=True)
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return version
 
 

@@ -3,11 +3,14 @@ the reaper, max_runtime, cancel, and what a job produces (logs, checkpoints)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -133,6 +136,57 @@ def test_a_stale_attempt_can_write_nothing_once_it_was_given_up_on(cpu_host, sub
     assert not Checkpoint.objects.filter(job=job).exists()
     job.refresh_from_db()
     assert job.model_path == "" and job.progress["step"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="row locks and session timeouts: PostgreSQL"
+)
+def test_a_host_frozen_inside_a_transaction_cannot_keep_its_jobs_from_the_reaper(
+    cpu_host, submit, settings
+):
+    """A worker SIGSTOPped mid-write holds its node's row lock with a live connection: the
+    reaper must still give its jobs up (the others at once, that one once PostgreSQL ended
+    the frozen session), not wait for it forever."""
+    settings.DB_IDLE_IN_TRANSACTION_TIMEOUT = 5.0
+    first, second = submit(name="held"), submit(name="free")
+    scheduler.schedule()
+    plans = {
+        n.attempt.job_id: claim(n) for n in AttemptNode.objects.select_related("attempt").all()
+    }
+    held = plans[first.pk]
+    locked, wake, woke = threading.Event(), threading.Event(), []
+
+    def frozen_worker() -> None:
+        try:
+            with transaction.atomic():
+                assert lifecycle.holds((held.node_id, held.claim))  # locks the node's row
+                locked.set()
+                wake.wait(20)  # frozen, idle in its transaction
+                outputs.record_logs(first.pk, 1, 0, "late\n", fence=(held.node_id, held.claim))
+        except Exception as exc:  # its session was ended while it slept
+            woke.append(exc)
+        finally:
+            connection.close()
+
+    AttemptNode.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    thread = threading.Thread(target=frozen_worker)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        assert lifecycle.reap() == 1  # the free one; the held one is skipped, not waited on
+        assert time.monotonic() - started < 4
+        assert Job.objects.get(pk=second.pk).state == JobState.PENDING
+        while Job.objects.get(pk=first.pk).state != JobState.PENDING:
+            assert time.monotonic() - started < 10, "the frozen host's job was never given up"
+            time.sleep(0.2)
+            lifecycle.reap()
+    finally:
+        wake.set()
+        thread.join(10)
+    assert woke and not LogChunk.objects.filter(job=first).exists()
+    assert Attempt.objects.get(job=first).state == AttemptState.LOST
 
 
 def test_a_node_waiting_on_a_host_that_went_away_is_placed_again_at_once(submit):
