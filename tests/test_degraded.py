@@ -5,9 +5,11 @@ needs Redis is a 503 with Retry-After in the API's error format, never a 500."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import pytest
 import redis
+from django.db import connection
 from django.test import RequestFactory, override_settings
 
 from controlplane import degraded
@@ -78,3 +80,39 @@ def test_what_needs_redis_is_a_503_with_retry_after():
         assert response["Content-Type"].startswith(kind)
         assert b"Redis" in response.content
     degraded.REDIS.ok()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's single writer lock")
+def test_reads_work_and_writes_are_503_while_another_process_holds_the_write_lock(cast, api):
+    """A process frozen inside a write (SQLite: one writer at a time) must not turn every
+    authenticated read into a 500; a write that cannot get the lock is a 503 to retry."""
+    add_host("cpu-1", cpu_slots=1)
+    client = api(cast.bob)  # its token's first use is due to be recorded: a write
+    options = connection.settings_dict["OPTIONS"]
+    saved = options.get("timeout")
+    options["timeout"] = 0.3  # the busy timeout, so the test does not wait 30 s per write
+    connection.close()
+    holder = sqlite3.connect(connection.settings_dict["NAME"])
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert client.get("/api/v1/jobs/").status_code == 200
+        created = client.post(
+            "/api/v1/jobs/",
+            {
+                "project": "alpha",
+                "name": "locked-out",
+                "entrypoint": ["python", "-m", "workers.recipes.causal_lm"],
+            },
+            format="json",
+        )
+        assert created.status_code == 503, created.content
+        assert created["Content-Type"].startswith("application/json")
+        assert "database" in created.json()["detail"] and int(created["Retry-After"]) > 0
+    finally:
+        holder.rollback()
+        holder.close()
+        options["timeout"] = saved
+        connection.close()
+    assert not Job.objects.filter(name="locked-out").exists()
+    assert client.get("/api/v1/jobs/").status_code == 200

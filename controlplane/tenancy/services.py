@@ -7,6 +7,7 @@ transaction as the change it records.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, OperationalError, models, transaction
 from django.utils import timezone
 
 from controlplane.tenancy import sockets
@@ -34,6 +35,8 @@ from controlplane.tenancy.models import (
 User = get_user_model()
 DEFAULT_PROJECT = "default"
 TOKEN_PREFIX = "cp_"  # noqa: S105 (a public marker, not a secret)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -360,9 +363,14 @@ def authenticate_token(raw: str, ip: str | None = None) -> ApiToken:
         raise TokenError("The token's user is inactive.")
     stale = now - timedelta(seconds=settings.TOKEN_LAST_USED_RESOLUTION)
     # At most one write a minute per token, and never two processes for the same minute.
-    ApiToken.objects.filter(pk=token.pk).filter(
-        models.Q(last_used_at=None) | models.Q(last_used_at__lt=stale)
-    ).update(last_used_at=now, last_used_ip=ip)
+    # Best effort: a request that only reads must not fail because the database is busy
+    # with writes (on SQLite, one writer at a time).
+    try:
+        ApiToken.objects.filter(pk=token.pk).filter(
+            models.Q(last_used_at=None) | models.Q(last_used_at__lt=stale)
+        ).update(last_used_at=now, last_used_ip=ip)
+    except OperationalError as exc:
+        log.info("token %s: last use not recorded (%s)", token.prefix, exc)
     return token
 
 

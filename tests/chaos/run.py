@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -69,15 +71,18 @@ class Figures:
     worker_kills: int = 0
     broker_kills: int = 0
     stalls: int = 0
+    stalls_in_a_write: int = 0  # SQLite: the host froze holding the write lock
     broker_skipped: str = ""
     recovery_seconds: dict[str, list[float]] = field(default_factory=dict)
     attempts: int = 0
     wall_seconds: float = 0.0
     notes: dict[int, str] = field(default_factory=dict)  # what went wrong, per job
+    api_errors: list[str] = field(default_factory=list)  # answers that were not the API's
 
     @property
     def clean(self) -> bool:
         bad = self.lost or self.stuck or self.duplicated or self.overlapping or self.from_scratch
+        bad = bad or self.api_errors  # an HTML 500 (say) where the API owes JSON
         return not bad and self.leftover_processes == 0
 
 
@@ -163,8 +168,24 @@ class Chaos:
             base_url=stack.url,
             headers={"Authorization": f"Bearer {minted.stdout.strip()}"},
             timeout=60,
+            event_hooks={"response": [self.check_answer]},
         )
         wait_for(lambda: self.online() >= set(self.hosts), 60, "the worker hosts")
+
+    def check_answer(self, response: httpx.Response) -> None:
+        """Every API answer is JSON (errors included): note any that is not."""
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return
+        response.read()
+        request = response.request
+        self.figures.api_errors.append(
+            f"{request.method} {request.url.path}: {response.status_code} {response.text[:200]}"
+        )
+        web = self.stack.var_dir / "log" / "web.log"
+        Path("/tmp/chaos-api-error.log").write_text(
+            f"{self.figures.api_errors[-1]}\n{response.text}\n\n"
+            + (web.read_text(errors="replace")[-30000:] if web.exists() else "")
+        )
 
     def start_host(self, name: str) -> None:
         self.stack.start_worker(name, CP_WORKER_CPU_SLOTS=str(self.plan.slots))
@@ -217,7 +238,7 @@ class Chaos:
                     held[host].append(job_id)
         return held
 
-    def wait_moved(self, held: list[int], since: float, timeout: float = 90) -> float:
+    def wait_moved(self, held: list[int], since: float, timeout: float = 90.0) -> float:
         """Seconds from ``since`` until each of ``held`` was given up on its host (its
         attempt no longer RUNNING: back in the queue, or running elsewhere) or ended. When
         it runs again depends on the queue; that it ends well is checked at the end."""
@@ -258,11 +279,48 @@ class Chaos:
         frozen = time.monotonic()
         self.stack.freeze_worker(host)
         try:
-            seconds = self.wait_moved(held, frozen)
+            if self.sqlite is not None:
+                try:
+                    seconds = self.wait_moved(held, frozen, timeout=4 * LEASE_SECONDS)
+                except AssertionError:
+                    if not self.write_locked():
+                        raise
+                    # SQLite has one writer, and this host froze while it was writing: no
+                    # one can write (the reaper neither) until it thaws. Its workload was
+                    # fenced all the same (the guard is not frozen); the jobs move once the
+                    # host thaws. PostgreSQL ends such a session (sessions.py).
+                    self.stack.thaw_worker(host)
+                    thawed = time.monotonic()
+                    self.figures.stalls_in_a_write += 1
+                    self.record("stall inside a SQLite write: requeued after thaw",
+                                self.wait_moved(held, thawed))  # fmt: skip
+                    self.figures.stalls += 1
+                    return
+            else:
+                seconds = self.wait_moved(held, frozen)
         finally:
             self.stack.thaw_worker(host)
         self.figures.stalls += 1
         self.record("stall: its jobs requeued", seconds)
+
+    @property
+    def sqlite(self) -> Path | None:
+        url = self.stack.env.get("DATABASE_URL", "")
+        if url.startswith("postgres"):
+            return None
+        return self.stack.var_dir / "db.sqlite3"
+
+    def write_locked(self) -> bool:
+        """Whether some process holds the SQLite database's write lock now."""
+        probe = sqlite3.connect(self.sqlite, timeout=0.5)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            probe.close()
 
     def kill_broker(self) -> None:
         if "REDIS_URL" in self.stack.env:
@@ -405,13 +463,24 @@ def table(figures: Figures) -> str:
         rows.append((f"{what} (s, max)", f"{max(seconds):.2f} of {seconds}"))
     if figures.broker_skipped:
         rows.append(("broker kills skipped", figures.broker_skipped))
+    if figures.stalls_in_a_write:
+        rows.append(("stalls inside a SQLite write", figures.stalls_in_a_write))
+    if figures.api_errors:
+        rows.append(
+            ("API answers not JSON", f"{len(figures.api_errors)}, first: {figures.api_errors[0]}")
+        )
     rows.append(("wall seconds", figures.wall_seconds))
     rows += [(f"job {job_id}", note) for job_id, note in figures.notes.items()]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def _interrupted(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # so the stack and its hosts are stopped
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = Plan()
     for name, value in asdict(defaults).items():

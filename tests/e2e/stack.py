@@ -202,6 +202,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # a test runner killed outright leaves no host
         )  # fmt: skip
         self.workers[name] = proc
         return proc

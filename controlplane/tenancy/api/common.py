@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DataError
+from django.db import DataError, OperationalError
 from django.http import QueryDict
 from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.pagination import PageNumberPagination
@@ -169,6 +169,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(
             {"detail": "A value is out of range for its field."},
             status=status.HTTP_400_BAD_REQUEST,
+        )
+    if isinstance(exc, OperationalError):
+        # The database is unreachable or busy past its timeout (SQLite: a writer that does
+        # not let go): transient, so 503 in the API's format rather than an HTML 500.
+        log.warning("database unavailable: %s", exc)
+        return Response(
+            {"detail": "The database is busy or unreachable; retry in a few seconds."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(degraded.RETRY_AFTER_SECONDS)},
         )
     # Imported here: rest_framework.views reads the API settings, which name this module.
     from rest_framework.views import exception_handler as drf_exception_handler
