@@ -56,3 +56,6 @@ urlpatterns = [
     # Last: any other path under /api/ is a 404 in the API's JSON format, not an HTML page.
     re_path(r"^api/", views.api_not_found),
 ]
+
+handler400 = "controlplane.views.bad_request"
+handler500 = "controlplane.views.server_error"

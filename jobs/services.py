@@ -21,7 +21,7 @@ from rest_framework.exceptions import ValidationError
 
 from controlplane.cluster.models import Worker
 from controlplane.tenancy import secrets
-from controlplane.tenancy.errors import Conflict, InsufficientStorage
+from controlplane.tenancy.errors import Conflict, InsufficientStorage, Missing
 from controlplane.tenancy.models import Project, Role
 from controlplane.tenancy.services import (
     Actor,
@@ -50,7 +50,7 @@ def _project_for(actor: Actor, name: str) -> Project:
     if project is None and actor.user is None:
         project = Project.objects.filter(name=name).first()
     if project is None:
-        raise _invalid("project", f"No project named {name!r} that you belong to.")
+        raise Missing(f"No project named {name!r} that you belong to.", "project")
     require_role(actor, project, Role.MEMBER)
     return project
 

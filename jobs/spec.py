@@ -22,6 +22,7 @@ import re
 from typing import Any
 
 import yaml
+from drf_spectacular.utils import extend_schema_field
 from packaging.requirements import InvalidRequirement, Requirement
 from rest_framework import serializers
 
@@ -80,6 +81,19 @@ def parse_spec_text(text: str) -> Any:
         raise serializers.ValidationError({"spec": [f"Not valid YAML or JSON{where}."]}) from None
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "maxLength": 32768},
+            {
+                "type": "object",
+                "properties": {"secret": {"type": "string", "pattern": secrets.NAME.pattern}},
+                "required": ["secret"],
+                "additionalProperties": False,
+            },
+        ]
+    }
+)
 class EnvValueField(serializers.Field):
     """A variable's value: a string, or ``{secret: NAME}``, a project secret given to the
     job's processes (and nowhere else) when they start."""
@@ -207,6 +221,15 @@ class ArgvField(serializers.ListField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 1, "maximum": MAX_RUNTIME},
+            {"type": "string", "pattern": r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$"},
+        ],
+        "nullable": True,
+    }
+)
 class DurationField(serializers.Field):
     """Seconds, from a number or a string such as ``90s``, ``30m``, ``2h``, ``1d12h``."""
 

@@ -42,7 +42,10 @@ def _moment(value: str, name: str) -> datetime:
     try:
         seconds = float(value)
     except ValueError:
-        parsed = parse_datetime(value)
+        try:
+            parsed = parse_datetime(value)
+        except ValueError:  # well formed, but no such date (a 13th month, ...)
+            parsed = None
         if parsed is None:
             raise serializers.ValidationError(
                 {name: [f"{value!r} is not a time: use ISO 8601 or Unix seconds."]}
@@ -82,10 +85,24 @@ class RangeQuery(StrictSerializer):
         return {"start": start, "end": end, "step": step}
 
 
+#: A moment: an ISO 8601 time, or Unix seconds; empty (as absent) for the default.
+MOMENT_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "maxLength": 0},
+        {"type": "string", "pattern": r"^[0-9]{1,10}(\.[0-9]{1,6})?$"},
+    ]
+}
 RANGE_PARAMETERS = [
-    OpenApiParameter("from", OpenApiTypes.STR, description="Start: ISO 8601 or Unix seconds."),
-    OpenApiParameter("to", OpenApiTypes.STR, description="End: ISO 8601 or Unix seconds."),
-    OpenApiParameter("step", OpenApiTypes.INT, description="Seconds per point."),
+    OpenApiParameter(
+        "from", MOMENT_SCHEMA, description="Start: ISO 8601 or Unix seconds; before `to`."
+    ),
+    OpenApiParameter("to", MOMENT_SCHEMA, description="End: ISO 8601 or Unix seconds."),
+    OpenApiParameter(
+        "step",
+        {"type": "integer", "minimum": 1, "maximum": 86400},
+        description=f"Seconds per point (at most {MAX_POINTS} points in the range).",
+    ),
 ]
 
 

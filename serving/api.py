@@ -10,11 +10,12 @@ from typing import Any
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, serializers, status
+from rest_framework import exceptions, mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from controlplane.schema import body_rules
 from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
 from controlplane.tenancy.api.common import (
     LimitedJSONParser,
@@ -22,6 +23,7 @@ from controlplane.tenancy.api.common import (
     StrictModelSerializer,
     StrictSerializer,
 )
+from controlplane.tenancy.errors import Missing
 from controlplane.tenancy.models import Project, Role
 from jobs.models import Checkpoint, Job
 from serving import services
@@ -75,6 +77,7 @@ class VersionSerializer(serializers.ModelSerializer):
         ]
 
 
+@body_rules(one_of=("checkpoint", "job"))
 class NewVersionSerializer(StrictSerializer):
     checkpoint = serializers.IntegerField(
         required=False, min_value=1, help_text="Register this checkpoint (its id)."
@@ -94,6 +97,14 @@ class NewVersionSerializer(StrictSerializer):
 class ModelArchiveParser(LimitedMultiPartParser):
     limit_setting = "MODEL_UPLOAD_MAX_BYTES"
     what = "models"
+
+
+def _json_only(request: Request) -> None:
+    """Multipart is for version uploads; a model's own fields are JSON."""
+    if not request.content_type.startswith("application/json"):
+        raise exceptions.UnsupportedMediaType(
+            request.content_type, "Send the model's fields as JSON."
+        )
 
 
 class ModelViewSet(
@@ -117,15 +128,15 @@ class ModelViewSet(
             return ModelUpdateSerializer
         return ModelSerializer
 
+    @extend_schema(request={"application/json": ModelSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        _json_only(request)
         serializer = ModelSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
         project = serializer.validated_data["project"] or get_object_or_404(Project, name="default")
         visible = scope_to_user(Project.objects.filter(pk=project.pk), request.user, "")
         if not visible.exists():
-            raise serializers.ValidationError(
-                {"project": [f"No project named {project.name!r} that you belong to."]}
-            )
+            raise Missing(f"No project named {project.name!r} that you belong to.", "project")
         model = services.create_model(
             self.actor(),
             project,
@@ -134,7 +145,13 @@ class ModelViewSet(
         )
         return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(request={"application/json": ModelUpdateSerializer})
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().partial_update(request, *args, **kwargs)
+
+    @extend_schema(request={"application/json": ModelUpdateSerializer})
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        _json_only(request)
         model = self.get_object()
         serializer = ModelUpdateSerializer(data=request.data, partial=kwargs.get("partial"))
         serializer.is_valid(raise_exception=True)
@@ -143,8 +160,26 @@ class ModelViewSet(
             model.save(update_fields=["description"])
         return Response(ModelSerializer(model).data)
 
-    @extend_schema(request=NewVersionSerializer, responses={200: VersionSerializer(many=True)})
-    @action(detail=True, methods=["get", "post"], url_path="versions")
+    @extend_schema(methods=["GET"], request=None, responses=VersionSerializer(many=True))
+    @extend_schema(
+        methods=["POST"],
+        request={
+            "application/json": NewVersionSerializer,
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"archive": {"type": "string", "format": "binary"}},
+                "required": ["archive"],
+            },
+        },
+        responses={201: VersionSerializer},
+    )
+    @action(
+        detail=True,
+        methods=["get", "post"],
+        url_path="versions",
+        pagination_class=None,  # all of a model's versions, newest first
+        filter_backends=[],
+    )
     def versions(self, request: Request, pk: str | None = None) -> Response:
         model = self.get_object()
         if request.method == "GET":
@@ -163,12 +198,12 @@ class ModelViewSet(
                     pk=serializer.validated_data["checkpoint"], job__in=jobs
                 ).first()
                 if checkpoint is None:
-                    raise serializers.ValidationError({"checkpoint": ["No such checkpoint."]})
+                    raise Missing("No such checkpoint in your projects.", "checkpoint")
                 version = services.register_checkpoint(self.actor(), model, checkpoint)
             else:
                 job = jobs.filter(pk=serializer.validated_data["job"]).first()
                 if job is None:
-                    raise serializers.ValidationError({"job": ["No such job."]})
+                    raise Missing("No such job in your projects.", "job")
                 version = services.register_job_model(self.actor(), model, job)
         return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
 

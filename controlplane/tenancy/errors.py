@@ -20,6 +20,13 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class Missing(ServiceError):
+    """An object the request names (a project, a user, a checkpoint) does not exist, or is
+    not in any of the caller's projects: 404, as a URL naming it would be."""
+
+    status_code = 404
+
+
 class TooLarge(ServiceError):
     """Over a size limit or a quota (413)."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -24,7 +24,7 @@ from jobs.api.serializers import (
     LogChunkSerializer,
 )
 from jobs.models import Job
-from jobs.spec import parse_spec_text
+from jobs.spec import JobSpecSerializer, parse_spec_text
 from jobs.states import JOB_TERMINAL, JobState
 
 MAX_LOG_CHUNKS = 500
@@ -57,6 +57,11 @@ class MetricsQuery(serializers.Serializer):
     max_points = serializers.IntegerField(min_value=2, max_value=100_000, default=1000)
 
 
+#: A job's sub-resources are read whole (logs page by ``since`` themselves): no page
+#: numbers and none of the job list's filters.
+UNPAGED: dict[str, Any] = {"pagination_class": None, "filter_backends": []}
+
+
 class JobViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -79,7 +84,24 @@ class JobViewSet(
     def get_serializer_context(self) -> dict:
         return {**super().get_serializer_context(), "detail": self.action == "retrieve"}
 
-    @extend_schema(request=dict, responses={201: JobDetailSerializer})
+    @extend_schema(
+        request={
+            "application/json": JobSpecSerializer,
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {
+                    "spec": {"type": "string", "description": "The job spec, YAML or JSON."},
+                    "code": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "The working directory, tar.gz or zip.",
+                    },
+                },
+                "required": ["spec"],
+            },
+        },
+        responses={201: JobDetailSerializer},
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         code = None
         if request.content_type.startswith("multipart/"):
@@ -119,9 +141,18 @@ class JobViewSet(
             OpenApiParameter("since", int, description="Chunks after this id."),
             OpenApiParameter("limit", int),
         ],
-        responses=LogChunkSerializer(many=True),
+        responses=inline_serializer(
+            "LogPage",
+            {
+                "chunks": LogChunkSerializer(many=True),
+                "next": serializers.IntegerField(help_text="Pass as `since` for what follows."),
+                "state": serializers.CharField(),
+                "finished": serializers.BooleanField(),
+                "truncated": serializers.BooleanField(help_text="Output past the cap was cut."),
+            },
+        ),
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], **UNPAGED)
     def logs(self, request: Request, pk: str | None = None) -> Response:
         job = self.get_object()
         query = LogsQuery(data=request.query_params)
@@ -145,9 +176,21 @@ class JobViewSet(
         parameters=[
             OpenApiParameter("name", str, many=True),
             OpenApiParameter("max_points", int),
-        ]
+        ],
+        responses=inline_serializer(
+            "MetricSeries",
+            {
+                "names": serializers.ListField(child=serializers.CharField()),
+                "series": serializers.DictField(
+                    child=serializers.ListField(
+                        child=serializers.ListField(child=serializers.FloatField())
+                    ),
+                    help_text="Per metric name: its points, [step, value] pairs.",
+                ),
+            },
+        ),
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], **UNPAGED)
     def metrics(self, request: Request, pk: str | None = None) -> Response:
         job = self.get_object()
         query = MetricsQuery(
@@ -167,14 +210,14 @@ class JobViewSet(
         return Response({"names": queries.metric_names(job), "series": series})
 
     @extend_schema(responses=AttemptSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], **UNPAGED)
     def attempts(self, request: Request, pk: str | None = None) -> Response:
         job = self.get_object()
         rows = job.attempts.prefetch_related("nodes").order_by("number")
         return Response(AttemptSerializer(rows, many=True).data)
 
     @extend_schema(responses=CheckpointSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], **UNPAGED)
     def checkpoints(self, request: Request, pk: str | None = None) -> Response:
         job = self.get_object()
         return Response(CheckpointSerializer(job.checkpoints.order_by("-step"), many=True).data)

@@ -22,6 +22,7 @@ from rest_framework.response import Response
 
 from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
 from controlplane.tenancy.api.common import LimitedMultiPartParser, StrictSerializer
+from controlplane.tenancy.errors import Missing
 from controlplane.tenancy.models import Project
 from jobs.models import Job
 from jobs.states import PRIORITY_BY_NAME, JobKind
@@ -91,7 +92,9 @@ class BatchJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
 
     @extend_schema(
         request={"multipart/form-data": {"type": "object", "properties": {
-            "spec": {"type": "string"}, "input": {"type": "string", "format": "binary"}}}},
+            "spec": {"type": "string", "description": "The batch spec, JSON."},
+            "input": {"type": "string", "format": "binary", "description": "Prompts, JSONL."}},
+            "required": ["spec", "input"]}},
         responses={201: BatchJobSerializer},
     )  # fmt: skip
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -115,9 +118,7 @@ class BatchJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
             raise serializers.ValidationError({"input": ["Attach the prompts as a JSONL file."]})
         project = data.get("project") or get_object_or_404(Project, name="default")
         if not scope_to_user(Project.objects.filter(pk=project.pk), request.user, "").exists():
-            raise serializers.ValidationError(
-                {"project": [f"No project named {project.name!r} that you belong to."]}
-            )
+            raise Missing(f"No project named {project.name!r} that you belong to.", "project")
         version = resolve_version(project, data["model"], data.get("version"))
         job = services.create_batch_job(
             self.actor(),

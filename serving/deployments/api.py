@@ -18,8 +18,10 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from controlplane.schema import body_rules
 from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
 from controlplane.tenancy.api.common import StrictSerializer
+from controlplane.tenancy.errors import Missing
 from controlplane.tenancy.models import Project
 from jobs.states import PRIORITY_BY_NAME, Priority
 from serving.deployments import config as flags
@@ -63,6 +65,7 @@ class CanarySerializer(StrictSerializer):
     locals().update(_flag_fields(flags.ENGINE_FLAGS))
 
 
+@body_rules(exclusive=(("replicas", "min_replicas"), ("replicas", "max_replicas")))
 class DeploymentWriteSerializer(StrictSerializer):
     """Fields a client sets on create (all but name/model optional) and PATCH."""
 
@@ -73,7 +76,13 @@ class DeploymentWriteSerializer(StrictSerializer):
     model = serializers.CharField(max_length=100, help_text="A registered model's name.")
     version = serializers.IntegerField(min_value=1, required=False, help_text="Default: latest.")
     replicas = serializers.IntegerField(
-        min_value=0, max_value=services.MAX_REPLICAS, required=False
+        min_value=1,
+        max_value=services.MAX_REPLICAS,
+        required=False,
+        error_messages={
+            "min_value": "A fixed count must be at least 1; for scale to zero set "
+            "min_replicas 0 and max_replicas."
+        },
     )
     min_replicas = serializers.IntegerField(
         min_value=0, max_value=services.MAX_REPLICAS, required=False
@@ -106,6 +115,13 @@ class DeploymentWriteSerializer(StrictSerializer):
                 }
             )
         return attrs
+
+
+@body_rules(exclusive=(("replicas", "min_replicas"), ("replicas", "max_replicas")))
+class DeploymentCreateSerializer(DeploymentWriteSerializer):
+    """A new deployment: a canary comes later (PATCH), once it runs."""
+
+    canary = None
 
 
 def _config_of(data: dict) -> dict[str, Any]:
@@ -252,23 +268,21 @@ class DeploymentViewSet(
         project = project or get_object_or_404(Project, name="default")
         visible = scope_to_user(Project.objects.filter(pk=project.pk), self.request.user, "")
         if not visible.exists():
-            raise serializers.ValidationError(
-                {"project": [f"No project named {project.name!r} that you belong to."]}
-            )
+            raise Missing(f"No project named {project.name!r} that you belong to.", "project")
         return project
 
     def _fresh(self, dep: Deployment) -> dict:
         return DeploymentSerializer(queryset().get(pk=dep.pk)).data
 
-    @extend_schema(request=DeploymentWriteSerializer, responses={201: DeploymentSerializer})
+    @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        serializer = DeploymentWriteSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
-        if "canary" in data:
+        if isinstance(request.data, dict) and "canary" in request.data:
             raise serializers.ValidationError(
                 {"canary": ["Create the deployment first, then PATCH a canary."]}
             )
+        serializer = DeploymentCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
         project = self._project(data.get("project"))
         version = services.resolve_version(project, data["model"], data.get("version"))
         low, high = data.get("min_replicas", 1), data.get("max_replicas")

@@ -14,7 +14,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from controlplane import degraded
-from controlplane.tenancy.errors import Conflict
+from controlplane.tenancy.errors import Conflict, Missing
 from controlplane.tenancy.models import Project, Role
 from controlplane.tenancy.services import Actor, check_priority, record, require_role
 from jobs.services import check_feasible
@@ -55,12 +55,12 @@ def resolve_version(project: Project, model: str, version: int | None) -> ModelV
     """The version ``version`` (latest when None) of the project's model named ``model``."""
     found = Model.objects.filter(project=project, name=model).first()
     if found is None:
-        raise _invalid("model", f"Project {project.name} has no model named {model!r}.")
+        raise Missing(f"Project {project.name} has no model named {model!r}.", "model")
     versions = found.versions.order_by("-version")
     row = versions.filter(version=version).first() if version else versions.first()
     if row is None:
         what = f"version {version}" if version else "any version"
-        raise _invalid("version", f"Model {model!r} has no {what}; register one first.")
+        raise Missing(f"Model {model!r} has no {what}; register one first.", "version")
     return row
 
 

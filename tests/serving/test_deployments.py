@@ -47,7 +47,9 @@ def create(api, user, **body):
 def test_bad_input_is_a_400_that_says_what_to_fix(cast, api, version, body, field, says):
     add_host("cpu-1", cpu_slots=4)
     response = create(api, cast.bob, **body)
-    assert response.status_code == 400, response.content
+    # A model or version that does not exist is a 404 naming the field (as its URL would be).
+    missing = field in ("model", "version") and says.startswith("no ")
+    assert response.status_code == (404 if missing else 400), response.content
     assert says.lower() in str(response.json().get(field, response.json())).lower()
     assert Deployment.objects.count() == 0 and Job.objects.count() == 0
 
@@ -77,11 +79,11 @@ def test_another_projects_deployment_is_a_404_and_names_are_per_project(cast, ap
     refused = api(cast.dave).post(
         URL, {"project": "alpha", "model": "tiny", "name": "x"}, format="json"
     )
-    assert refused.status_code == 400 and "belong" in str(refused.json())
+    assert refused.status_code == 404 and "belong" in str(refused.json())
     refused = api(cast.dave).post(
         URL, {"project": "beta", "model": "tiny", "name": "x"}, format="json"
     )
-    assert refused.status_code == 400 and "no model" in str(refused.json()).lower()
+    assert refused.status_code == 404 and "no model" in str(refused.json()).lower()
 
 
 def ready(replica: Replica):

@@ -114,8 +114,9 @@ def test_adding_an_unknown_user_or_a_member_twice_says_what_is_wrong(cast, api):
     url = f"/api/v1/projects/{cast.alpha.pk}/members/"
     alice = api(cast.alice)
     unknown = alice.post(url, {"username": "zed"})
-    assert unknown.status_code == 400
+    assert unknown.status_code == 404  # a reference to nothing, as a URL to nothing
     assert "no user named 'zed'" in unknown.json()["username"][0]
+    assert "no user named 'zed'" in unknown.json()["detail"]
     twice = alice.post(url, {"username": "bob"})
     assert twice.status_code == 409
     assert "member already" in twice.json()["detail"]

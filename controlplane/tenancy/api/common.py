@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError, OperationalError
 from django.http import QueryDict
@@ -146,6 +147,22 @@ class Pagination(PageNumberPagination):
         return int(given[0])
 
 
+def _only_missing(codes: Any) -> bool:
+    if isinstance(codes, dict):
+        return bool(codes) and all(_only_missing(c) for c in codes.values())
+    if isinstance(codes, list):
+        return bool(codes) and all(_only_missing(c) for c in codes)
+    return codes == "does_not_exist"
+
+
+def _messages(detail: Any) -> list[str]:
+    if isinstance(detail, dict):
+        return [m for value in detail.values() for m in _messages(value)]
+    if isinstance(detail, list):
+        return [m for value in detail for m in _messages(value)]
+    return [str(detail)]
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, plus service errors and model validation as 4xx with a message."""
     if isinstance(exc, ServiceError):
@@ -153,6 +170,18 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if exc.field:
             body[exc.field] = [exc.message]
         return Response(body, status=exc.status_code)
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.API_MAX_BODY_BYTES
+        return Response(
+            {"detail": f"Request body is over the limit of {limit} bytes."},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, exceptions.ValidationError) and _only_missing(exc.get_codes()):
+        # Every error is a reference to nothing (a project or user that does not exist):
+        # a 404, as a URL naming it would be, with the field named as for any error.
+        body = exc.detail if isinstance(exc.detail, dict) else {"detail": exc.detail}
+        first = next(iter(_messages(exc.detail)), "No such object.")
+        return Response({"detail": first, **body}, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
         return Response(detail, status=status.HTTP_400_BAD_REQUEST)

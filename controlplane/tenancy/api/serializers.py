@@ -10,6 +10,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from controlplane.schema import body_rules
 from controlplane.tenancy.api.base import caller_role
 from controlplane.tenancy.api.common import StrictModelSerializer, StrictSerializer
 from controlplane.tenancy.models import PRIORITY_CHOICES, ApiToken, Membership, Project, Role
@@ -106,6 +107,7 @@ class MembershipUpdateSerializer(StrictSerializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
+@body_rules(exclusive=(("expires_in_days", "expires_at"),))
 class TokenSerializer(StrictModelSerializer):
     state = serializers.CharField(read_only=True)
     expires_in_days = serializers.IntegerField(
