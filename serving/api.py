@@ -10,13 +10,13 @@ from typing import Any
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, mixins, serializers, status
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from controlplane.schema import body_rules
-from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
+from controlplane.tenancy.api.base import ProjectScopedViewSet, project_for, scope_to_user
 from controlplane.tenancy.api.common import (
     LimitedJSONParser,
     LimitedMultiPartParser,
@@ -99,14 +99,6 @@ class ModelArchiveParser(LimitedMultiPartParser):
     what = "models"
 
 
-def _json_only(request: Request) -> None:
-    """Multipart is for version uploads; a model's own fields are JSON."""
-    if not request.content_type.startswith("application/json"):
-        raise exceptions.UnsupportedMediaType(
-            request.content_type, "Send the model's fields as JSON."
-        )
-
-
 class ModelViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -119,7 +111,7 @@ class ModelViewSet(
 
     queryset = Model.objects.select_related("project").prefetch_related("versions")
     serializer_class = ModelSerializer
-    parser_classes = [LimitedJSONParser, ModelArchiveParser]
+    parser_classes = [LimitedJSONParser]  # multipart only for version uploads (versions/)
     filterset_fields = ["name", "project__name"]
     required_roles = {"update": Role.MEMBER, "partial_update": Role.MEMBER}
 
@@ -128,15 +120,10 @@ class ModelViewSet(
             return ModelUpdateSerializer
         return ModelSerializer
 
-    @extend_schema(request={"application/json": ModelSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        _json_only(request)
         serializer = ModelSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
-        project = serializer.validated_data["project"] or get_object_or_404(Project, name="default")
-        visible = scope_to_user(Project.objects.filter(pk=project.pk), request.user, "")
-        if not visible.exists():
-            raise Missing(f"No project named {project.name!r} that you belong to.", "project")
+        project = project_for(request.user, serializer.validated_data["project"])
         model = services.create_model(
             self.actor(),
             project,
@@ -145,13 +132,7 @@ class ModelViewSet(
         )
         return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request={"application/json": ModelUpdateSerializer})
-    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return super().partial_update(request, *args, **kwargs)
-
-    @extend_schema(request={"application/json": ModelUpdateSerializer})
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        _json_only(request)
         model = self.get_object()
         serializer = ModelUpdateSerializer(data=request.data, partial=kwargs.get("partial"))
         serializer.is_valid(raise_exception=True)
@@ -179,6 +160,7 @@ class ModelViewSet(
         url_path="versions",
         pagination_class=None,  # all of a model's versions, newest first
         filter_backends=[],
+        parser_classes=[LimitedJSONParser, ModelArchiveParser],
     )
     def versions(self, request: Request, pk: str | None = None) -> Response:
         model = self.get_object()

@@ -13,16 +13,14 @@ import json
 from typing import Any
 
 from django.http import StreamingHttpResponse
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
+from controlplane.tenancy.api.base import ProjectScopedViewSet, project_for
 from controlplane.tenancy.api.common import LimitedMultiPartParser, StrictSerializer
-from controlplane.tenancy.errors import Missing
 from controlplane.tenancy.models import Project
 from jobs.models import Job
 from jobs.states import PRIORITY_BY_NAME, JobKind
@@ -116,9 +114,7 @@ class BatchJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
         upload = request.FILES.get("input")
         if upload is None:
             raise serializers.ValidationError({"input": ["Attach the prompts as a JSONL file."]})
-        project = data.get("project") or get_object_or_404(Project, name="default")
-        if not scope_to_user(Project.objects.filter(pk=project.pk), request.user, "").exists():
-            raise Missing(f"No project named {project.name!r} that you belong to.", "project")
+        project = project_for(request.user, data.get("project"))
         version = resolve_version(project, data["model"], data.get("version"))
         job = services.create_batch_job(
             self.actor(),

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
@@ -19,9 +18,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from controlplane.schema import body_rules
-from controlplane.tenancy.api.base import ProjectScopedViewSet, scope_to_user
+from controlplane.tenancy.api.base import ProjectScopedViewSet, project_for, scope_to_user
 from controlplane.tenancy.api.common import StrictSerializer
-from controlplane.tenancy.errors import Missing
 from controlplane.tenancy.models import Project
 from jobs.states import PRIORITY_BY_NAME, Priority
 from serving.deployments import config as flags
@@ -265,11 +263,7 @@ class DeploymentViewSet(
         return scope_to_user(queryset(), self.request.user, "project")
 
     def _project(self, project: Project | None) -> Project:
-        project = project or get_object_or_404(Project, name="default")
-        visible = scope_to_user(Project.objects.filter(pk=project.pk), self.request.user, "")
-        if not visible.exists():
-            raise Missing(f"No project named {project.name!r} that you belong to.", "project")
-        return project
+        return project_for(self.request.user, project)
 
     def _fresh(self, dep: Deployment) -> dict:
         return DeploymentSerializer(queryset().get(pk=dep.pk)).data

@@ -17,6 +17,7 @@ from rest_framework import permissions, viewsets
 from rest_framework.request import Request
 
 from controlplane.tenancy.auth import actor_for
+from controlplane.tenancy.errors import Missing
 from controlplane.tenancy.models import Membership, Project, Role, role_at_least
 from controlplane.tenancy.services import Actor
 
@@ -45,6 +46,15 @@ def scope_to_user(queryset: models.QuerySet, user: Any, project_lookup: str) -> 
     member_of = Membership.objects.filter(user=user).values("project_id")
     field = f"{project_lookup}_id" if project_lookup else "id"
     return queryset.filter(**{f"{field}__in": member_of})
+
+
+def project_for(user: Any, project: Project | None) -> Project:
+    """The project a request body names (the default one when it names none), if ``user``
+    belongs to it; else a 404 naming the field."""
+    project = project or get_object_or_404(Project, name="default")
+    if not scope_to_user(Project.objects.filter(pk=project.pk), user, "").exists():
+        raise Missing(f"No project named {project.name!r} that you belong to.", "project")
+    return project
 
 
 class HasProjectRole(permissions.BasePermission):
