@@ -8,7 +8,6 @@ from rest_framework.routers import SimpleRouter
 
 from controlplane import views
 from controlplane.cluster.api import GpuViewSet, WorkerViewSet
-from jobs import views as job_views
 from monitoring import urls as monitoring_urls
 from monitoring import views as monitoring_views
 from serving import views as serving_views
@@ -32,8 +31,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("jobs/", job_views.job_list, name="job-list-page"),
-    path("jobs/<int:job_id>/", job_views.job_detail, name="job-page"),
+    path("jobs/", include("jobs.page_urls")),
     path("models/", serving_views.model_list, name="model-list-page"),
     path("models/versions/<int:version_id>/deploy/", serving_views.deploy, name="deploy"),
     path("deployments/", serving_views.deployment_list, name="deployment-list-page"),

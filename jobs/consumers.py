@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db.models import Max
 
 from controlplane.tenancy.api.base import scope_to_user
+from controlplane.tenancy.models import Project
 from controlplane.tenancy.sockets import AccessWatch
 from jobs import events, queries
 from jobs.api.serializers import LogChunkSerializer
@@ -91,7 +92,7 @@ class JobConsumer(AccessWatch, AsyncJsonWebsocketConsumer):
             "progress": job.progress,
             "logs": LogChunkSerializer(chunks, many=True).data,
             "last_log": chunks[-1].pk if chunks else 0,
-            "metrics": queries.metric_series(job, max_points=2000),
+            "metrics": queries.metric_series(job, max_points=2000, with_time=True),
             "last_metric": last_metric,
         }
 
@@ -108,6 +109,45 @@ class JobConsumer(AccessWatch, AsyncJsonWebsocketConsumer):
             "job": events.job_state(job),
             "logs": LogChunkSerializer(chunks, many=True).data,
             "last_log": chunks[-1].pk if chunks else log_since,
-            "metrics": queries.metric_series(job, since_id=metric_since),
+            "metrics": queries.metric_series(job, since_id=metric_since, with_time=True),
             "last_metric": max(last_metric, metric_since),
         }
+
+
+class JobListConsumer(AccessWatch, AsyncJsonWebsocketConsumer):
+    """``/ws/jobs/``: state changes and progress of every job in the caller's projects
+    (what the jobs list needs to stay current). It sends only; a membership change closes
+    it (``AccessWatch``) and the page reconnects with its new set of projects."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        self.project_ids = await self._projects(user)
+        for project_id in self.project_ids:
+            await self.channel_layer.group_add(events.project_group(project_id), self.channel_name)
+        await self.accept()
+        await self.watch_access()
+        await self.send_json({"type": "hello", "v": events.SCHEMA_VERSION})
+
+    async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
+        for project_id in getattr(self, "project_ids", []):
+            await self.channel_layer.group_discard(
+                events.project_group(project_id), self.channel_name
+            )
+
+    def allowed_now(self, user: Any) -> bool:
+        return set(self.project_ids) <= set(self._visible_projects(user))
+
+    async def job_event(self, message: dict) -> None:
+        await self.send_json(message["event"])
+
+    @staticmethod
+    def _visible_projects(user: Any) -> list[int]:
+        return list(scope_to_user(Project.objects.all(), user, "").values_list("pk", flat=True))
+
+    @database_sync_to_async
+    def _projects(self, user: Any) -> list[int]:
+        return self._visible_projects(user)

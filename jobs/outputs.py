@@ -82,11 +82,14 @@ def record_metrics(
         return []
     now = timezone.now()
     progress = {"step": step, "metrics": clean, "time": now.isoformat()}
-    if total:
-        progress["total"] = int(total)
     with transaction.atomic():
         if not holds(fence):
             return []
+        project_id, before = Job.objects.filter(pk=job_id).values_list("project_id", "progress")[0]
+        # A report without a total keeps the one an earlier report gave (the final
+        # summary of a run must not turn "300 / 300" into "300").
+        if total or (before or {}).get("total"):
+            progress["total"] = int(total or before["total"])
         rows = Metric.objects.bulk_create(
             [
                 Metric(job_id=job_id, attempt=attempt, step=step, name=n, value=v, created_at=now)
@@ -97,7 +100,13 @@ def record_metrics(
     last_id = max((r.pk for r in rows if r.pk), default=None)
     events.send(
         job_id,
-        {"type": "metrics", "id": last_id, "step": step, "values": clean, "total": total},
+        {"type": "metrics", "id": last_id, "step": step, "values": clean,
+         "total": progress.get("total"), "time": progress["time"]},
+    )  # fmt: skip
+    events.send_to_lists(
+        project_id,
+        job_id,
+        {"type": "progress", "job": job_id, "step": step, "total": progress.get("total")},
     )
     return rows
 

@@ -363,7 +363,7 @@ def _announce(job_ids: list[int]) -> None:
     from jobs import events
 
     for job in Job.objects.filter(pk__in=job_ids):
-        events.send(job.pk, events.job_state(job))
+        events.send(job.pk, events.job_state(job), job.project_id)
 
 
 def resend_unclaimed(now=None) -> int:

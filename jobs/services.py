@@ -180,8 +180,16 @@ def check_environment(environment: dict, code_dir) -> None:
             )
 
 
-def submit_job(actor: Actor, data: Any, code: IO[bytes] | None = None, code_size: int = 0) -> Job:
-    """Validate and queue a job. Raises ValidationError (field errors) or Forbidden."""
+def submit_job(
+    actor: Actor,
+    data: Any,
+    code: IO[bytes] | None = None,
+    code_size: int = 0,
+    code_from: Job | None = None,
+) -> Job:
+    """Validate and queue a job. Raises ValidationError (field errors) or Forbidden.
+    ``code_from``: a job (the caller may see) whose uploaded code this one reuses when it
+    brings none of its own (clone and edit)."""
     if not isinstance(data, dict):
         raise _invalid("spec", "The spec must be a mapping of fields (YAML or JSON object).")
     serializer = JobSpecSerializer(data=data)
@@ -200,6 +208,10 @@ def submit_job(actor: Actor, data: Any, code: IO[bytes] | None = None, code_size
         unpacked = code_dir = _unpack_upload(code, code_size)
     elif spec.get("code_path"):
         code_dir = _code_from_path(spec["code_path"])
+    elif code_from is not None and code_from.code_dir:
+        code_dir = Path(code_from.code_dir)
+        if not code_dir.is_dir():
+            raise _invalid("code", f"The code of job #{code_from.pk} is gone: upload it again.")
     else:
         code_dir = None
     try:
@@ -233,7 +245,8 @@ def submit_job(actor: Actor, data: Any, code: IO[bytes] | None = None, code_size
                 image=environment.get("image", ""),
                 reason="Waiting for the scheduler.",
             )
-            record(actor, "job.submitted", job, project=project, detail={"spec": spec})
+            detail = {"spec": spec, **({"cloned_from": code_from.pk} if code_from else {})}
+            record(actor, "job.submitted", job, project=project, detail=detail)
             events.job_changed(job)
             request_tick()
     except BaseException:

@@ -55,6 +55,9 @@ class LogsQuery(serializers.Serializer):
 class MetricsQuery(serializers.Serializer):
     name = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
     max_points = serializers.IntegerField(min_value=2, max_value=100_000, default=1000)
+    with_time = serializers.BooleanField(
+        default=False, help_text="Points as [step, value, unix time] (for charts by wall time)."
+    )
 
 
 #: A job's sub-resources are read whole (logs page by ``since`` themselves): no page
@@ -176,6 +179,7 @@ class JobViewSet(
         parameters=[
             OpenApiParameter("name", str, many=True),
             OpenApiParameter("max_points", int),
+            OpenApiParameter("with_time", bool, description="Add each point's unix time."),
         ],
         responses=inline_serializer(
             "MetricSeries",
@@ -185,7 +189,8 @@ class JobViewSet(
                     child=serializers.ListField(
                         child=serializers.ListField(child=serializers.FloatField())
                     ),
-                    help_text="Per metric name: its points, [step, value] pairs.",
+                    help_text="Per metric name: its points, [step, value] pairs "
+                    "([step, value, unix time] with with_time).",
                 ),
             },
         ),
@@ -196,6 +201,7 @@ class JobViewSet(
         query = MetricsQuery(
             data={
                 "max_points": request.query_params.get("max_points", 1000),
+                "with_time": request.query_params.get("with_time", False),
                 **(
                     {"name": request.query_params.getlist("name")}
                     if "name" in request.query_params
@@ -205,7 +211,10 @@ class JobViewSet(
         )
         query.is_valid(raise_exception=True)
         series = queries.metric_series(
-            job, query.validated_data.get("name"), query.validated_data["max_points"]
+            job,
+            query.validated_data.get("name"),
+            query.validated_data["max_points"],
+            with_time=query.validated_data["with_time"],
         )
         return Response({"names": queries.metric_names(job), "series": series})
 

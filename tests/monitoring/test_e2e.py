@@ -299,7 +299,7 @@ def test_a_real_browser_sees_the_cluster_chart_move_and_the_jobs_energy(stack):
             page.goto(f"{stack.url}/jobs/{beta}/")
             page.wait_for_function(
                 "() => /[0-9.]+ J/.test(document.getElementById('job-energy').textContent)"
-                " && document.getElementById('job-gpu-util').data?.[0]?.x.length > 1",
+                " && document.getElementById('job-util').data?.[0]?.x.length > 1",
                 timeout=15000,
             )
             page.screenshot(path=str(ARTIFACTS / "telemetry-job.png"), full_page=True)

@@ -1,13 +1,19 @@
-// A job's live page: one websocket (/ws/jobs/<id>/), a log tail, and a plotly chart per
-// metric updated with Plotly.extendTraces (bounded window). On reconnect it asks for what
-// came after the last log and metric ids it saw.
+// A job's live page over one websocket (/ws/jobs/<id>/): state, the log, metrics and
+// progress. Every metric's latest value goes to the Values table; a metric reported at
+// two or more steps (and not a run's description, system/*) also gets a chart. When the
+// state changes the Attempts table is fetched again. On reconnect the page asks only for
+// what came after the last log and metric ids it saw.
 (function () {
   "use strict";
   const jobId = JSON.parse(document.getElementById("job-id").textContent);
-  const MAX_POINTS = 5000, MAX_LOG_CHARS = 400000;
-  const logEl = document.getElementById("log"), conn = document.getElementById("conn");
-  const charts = {};  // metric name -> div
-  let lastLog = 0, lastMetric = 0, delay = 500, ws = null, snapshotSeen = false;
+  const MAX_LOG_CHARS = 400000;
+  const SCALAR = /^(system|params|config)\//;
+  const logEl = document.getElementById("log"), search = document.getElementById("log-search");
+  const follow = document.getElementById("log-follow");
+  const charts = CP.metricCharts(document.getElementById("charts"));
+  charts.bindControls(document.getElementById("chart-controls"));
+  const firstPoint = {};  // metric -> its only point so far
+  let logText = "", lastLog = 0, lastMetric = 0, snapshotSeen = false, lastState = null;
 
   function setState(job) {
     const el = document.getElementById("state");
@@ -16,54 +22,78 @@
     document.getElementById("reason").textContent = job.reason || "";
     document.getElementById("restarts").textContent = job.restarts;
     document.getElementById("preemptions").textContent = job.preemptions;
+    if (job.progress) progress(job.progress);
+    if (["SUCCEEDED", "FAILED", "CANCELLED"].includes(job.state)) document.getElementById("cancel-form")?.remove();
+    if (lastState !== null && lastState !== job.state) refreshAttempts();
+    lastState = job.state;
+  }
+  async function refreshAttempts() {
+    const response = await fetch("/jobs/" + jobId + "/attempts/", {credentials: "same-origin"});
+    if (response.ok) document.querySelector("#attempts tbody").innerHTML = await response.text();
+  }
+  function renderLog() {
+    const q = search.value.trim().toLowerCase();
+    const counter = document.getElementById("log-matches");
+    if (!q) { logEl.textContent = logText; counter.textContent = ""; }
+    else {
+      const lines = logText.split("\n").filter((l) => l.toLowerCase().includes(q));
+      logEl.textContent = "";
+      for (const line of lines) {
+        const at = line.toLowerCase().indexOf(q), mark = document.createElement("mark");
+        mark.textContent = line.slice(at, at + q.length);
+        logEl.append(line.slice(0, at), mark, line.slice(at + q.length) + "\n");
+      }
+      counter.textContent = lines.length + " matching line" + (lines.length === 1 ? "" : "s");
+    }
+    if (follow.checked) logEl.scrollTop = logEl.scrollHeight;
   }
   function appendLog(chunks) {
-    const atBottom = logEl.scrollTop + logEl.clientHeight >= logEl.scrollHeight - 20;
+    let changed = false;
     for (const c of chunks) {
       if (c.id <= lastLog) continue;
-      logEl.append(c.text);
-      lastLog = c.id;
+      logText += c.text; lastLog = c.id; changed = true;
     }
-    if (logEl.textContent.length > MAX_LOG_CHARS) {
-      logEl.textContent = logEl.textContent.slice(-MAX_LOG_CHARS / 2);
-    }
-    if (atBottom) logEl.scrollTop = logEl.scrollHeight;
+    if (logText.length > MAX_LOG_CHARS) logText = logText.slice(-MAX_LOG_CHARS / 2);
+    if (changed) renderLog();
   }
-  function chartFor(name) {
-    if (charts[name]) return charts[name];
-    document.getElementById("no-metrics")?.remove();
-    const div = document.createElement("div");
-    div.className = "chart"; div.dataset.metric = name;
-    document.getElementById("charts").append(div);
-    Plotly.newPlot(div, [{x: [], y: [], mode: "lines", name: name, line: {width: 1.5}}], {
-      title: {text: name, font: {size: 13}}, margin: {l: 50, r: 10, t: 30, b: 30},
-      xaxis: {title: {text: "step"}}
-    }, {displaylogo: false, responsive: true});
-    charts[name] = div;
-    return div;
-  }
-  function addSeries(series) {
-    for (const [name, points] of Object.entries(series || {})) {
-      if (!points.length) continue;
-      Plotly.extendTraces(chartFor(name), {x: [points.map(p => p[0])], y: [points.map(p => p[1])]}, [0], MAX_POINTS);
+  function setScalar(name, value) {
+    const body = document.querySelector("#scalars tbody");
+    let row = [...body.querySelectorAll("tr[data-metric]")].find((r) => r.dataset.metric === name);
+    if (!row) {
+      body.querySelector("tr.empty")?.remove();
+      row = document.createElement("tr"); row.dataset.metric = name;
+      const a = document.createElement("td"), b = document.createElement("td");
+      a.textContent = name; b.className = "v"; row.append(a, b);
+      const after = [...body.children].find((r) => r.dataset.metric > name);
+      body.insertBefore(row, after || null);
     }
+    row.querySelector(".v").textContent = Number.isInteger(value) ? value : Number(value.toPrecision(6));
+  }
+  function addPoints(name, points) {
+    if (!points.length) return;
+    setScalar(name, points[points.length - 1][1]);
+    if (SCALAR.test(name)) return;
+    if (!charts.has(name)) {
+      const all = (firstPoint[name] ? [firstPoint[name]] : []).concat(points);
+      if (all.length < 2) { firstPoint[name] = all[0]; return; }
+      delete firstPoint[name];
+      charts.add("job", name, all);
+    } else charts.add("job", name, points);
   }
   function progress(p) {
-    if (!p || p.step === undefined) return;
-    document.getElementById("progress").textContent =
-      "step " + p.step + (p.total ? " / " + p.total : "");
+    if (!p || p.step === undefined || p.step === null) return;
+    CP.setProgress(document.querySelector("#progress .progress"), p.step, p.total);
   }
-  function onMessage(event) {
-    const msg = JSON.parse(event.data);
+  function onMessage(msg, ws) {
     if (msg.type === "snapshot" || msg.type === "resumed") {
       if (msg.type === "snapshot" && snapshotSeen) {
-        // A reconnect's snapshot: only ask for what came after what we have.
         ws.send(JSON.stringify({type: "resume", log_since: lastLog, metric_since: lastMetric}));
         setState(msg.job);
         return;
       }
       snapshotSeen = true;
-      setState(msg.job); appendLog(msg.logs); addSeries(msg.metrics); progress(msg.progress);
+      setState(msg.job); appendLog(msg.logs); progress(msg.progress);
+      for (const [name, points] of Object.entries(msg.metrics || {})) addPoints(name, points);
       lastMetric = Math.max(lastMetric, msg.last_metric || 0);
     } else if (msg.type === "state") {
       setState(msg);
@@ -71,21 +101,13 @@
       appendLog([msg]);
     } else if (msg.type === "metrics") {
       if (msg.id && msg.id <= lastMetric) return;
-      const series = {};
-      for (const [k, v] of Object.entries(msg.values)) series[k] = [[msg.step, v]];
-      addSeries(series); progress({step: msg.step, total: msg.total});
+      const t = msg.time ? Date.parse(msg.time) / 1000 : Date.now() / 1000;
+      for (const [k, v] of Object.entries(msg.values)) addPoints(k, [[msg.step, v, t]]);
+      progress({step: msg.step, total: msg.total});
       if (msg.id) lastMetric = msg.id;
     }
   }
-  function connect() {
-    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    ws = new WebSocket(scheme + location.host + "/ws/jobs/" + jobId + "/");
-    ws.onopen = () => { conn.textContent = "live"; delay = 500; };
-    ws.onmessage = onMessage;
-    ws.onclose = () => {
-      conn.textContent = "reconnecting…";
-      setTimeout(connect, delay); delay = Math.min(delay * 2, 10000);
-    };
-  }
-  connect();
+  search.addEventListener("input", renderLog);
+  follow.addEventListener("change", renderLog);
+  CP.live("/ws/jobs/" + jobId + "/", onMessage, document.getElementById("conn"));
 })();

@@ -1,18 +1,22 @@
-// The job page's GPU section: its GPUs' utilization and power, live, over
-// /ws/telemetry/jobs/<id>/, and the energy it has used (joules and kWh, per host summed;
-// kept after the job ends). Charts grow with Plotly.extendTraces in a bounded window.
+// The job page's telemetry section, live over /ws/telemetry/jobs/<id>/. A GPU job
+// (data-mode="gpu"): its GPUs' utilization and power and the energy it has used (joules
+// and kWh, per host summed; kept after the job ends). A CPU job (data-mode="cpu"): its
+// processes' CPU and resident memory per host. Charts grow with Plotly.extendTraces in a
+// bounded window.
 (function () {
   "use strict";
   const root = document.getElementById("job-telemetry");
   if (!root) return;
   const jobId = JSON.parse(document.getElementById("job-id").textContent);
   const WINDOW = 900;
-  const utilDiv = document.getElementById("job-gpu-util"), powerDiv = document.getElementById("job-gpu-power");
+  const gpuMode = root.dataset.mode !== "cpu";
+  const utilDiv = document.getElementById("job-util"), powerDiv = document.getElementById("job-second");
   const traces = {};  // "host:index" -> trace index (same in both charts)
   const energy = {};  // host name -> joules
   let plotted = false;
 
   function showEnergy() {
+    if (!gpuMode) return;
     const joules = Object.values(energy).reduce((a, b) => a + b, 0);
     document.getElementById("job-energy").textContent =
       joules.toFixed(1) + " J (" + (joules / 3.6e6).toFixed(6) + " kWh)";
@@ -20,9 +24,14 @@
   function ensurePlots() {
     if (plotted) return;
     plotted = true;
-    document.getElementById("job-gpu-none")?.remove();
-    Plotly.newPlot(utilDiv, [], CPT.layout("GPU utilization (%)", {yaxis: {range: [0, 100]}}), CPT.config);
-    Plotly.newPlot(powerDiv, [], CPT.layout("Power (W)"), CPT.config);
+    document.getElementById("job-tm-none")?.remove();
+    if (gpuMode) {
+      Plotly.newPlot(utilDiv, [], CPT.layout("GPU utilization (%)", {yaxis: {range: [0, 100]}}), CPT.config);
+      Plotly.newPlot(powerDiv, [], CPT.layout("Power (W)"), CPT.config);
+    } else {
+      Plotly.newPlot(utilDiv, [], CPT.layout("CPU of its processes (% of one core)"), CPT.config);
+      Plotly.newPlot(powerDiv, [], CPT.layout("Resident memory (MiB)"), CPT.config);
+    }
   }
   function traceFor(key) {
     if (!(key in traces)) {
@@ -47,7 +56,15 @@
         "</td><td>" + CPT.fmt(g.temp_gpu, 0, " °C") + "</td><td>" + g.processes.length + "</td>";
     }
   }
+  function addCpu(sample) {
+    const u = sample.usage || {};
+    if (u.cpu == null && u.rss == null) return;
+    const i = traceFor(sample.host.name), x = [[new Date(sample.t * 1000)]];
+    Plotly.extendTraces(utilDiv, {x: x, y: [[u.cpu]]}, [i], WINDOW);
+    Plotly.extendTraces(powerDiv, {x: x, y: [[u.rss == null ? null : u.rss / 1048576]]}, [i], WINDOW);
+  }
   function add(sample) {
+    if (!gpuMode) { addCpu(sample); return; }
     if (sample.usage && sample.usage.energy_j != null) { energy[sample.host.name] = sample.usage.energy_j; showEnergy(); }
     table(sample);
     const idx = [], xs = [], util = [], power = [];

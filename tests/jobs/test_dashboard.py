@@ -1,0 +1,265 @@
+"""The jobs pages as actions: the list's filters, the submit form and YAML editor, clone,
+cancel, resubmit, register a checkpoint, the full log, compare, and the list's live feed.
+Every action goes through the API's services, so it answers with the API's messages and
+roles; a viewer sees no buttons and gets 403 for a post."""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import time
+
+import pytest
+from django.test import Client
+
+from controlplane.tenancy.models import AuditEvent
+from controlplane.tenancy.services import Actor, create_token
+from jobs import outputs, queries, storage
+from jobs.models import Job, Metric
+from tests.asyncio_helpers import run
+from tests.conftest import add_host
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def hosts(db):
+    add_host("gpu-a", gpus=2, cpu_slots=4)
+
+
+def login(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def listed(client: Client, query: str = "") -> list[int]:
+    html = client.get(f"/jobs/{query}").content.decode()
+    return [int(n) for n in re.findall(r'<tr data-job="(\d+)"', html)]
+
+
+def test_the_list_filters_searches_sorts_and_pages_keeping_its_filters(cast, hosts, submit):
+    a = submit(name="sweep-a")
+    b = submit(name="sweep-b", priority="high")
+    other = submit(cast.alice, name="baseline")
+    submit(cast.dave, name="sweep-beta", project="beta")
+    bob = login(cast.bob)
+    assert listed(bob) == [other.pk, b.pk, a.pk]  # newest first, beta's job not shown
+    assert listed(bob, "?q=sweep") == [b.pk, a.pk]
+    assert listed(bob, f"?q=%23{a.pk}") == [a.pk]
+    assert listed(bob, "?user=alice") == [other.pk]
+    assert listed(bob, "?sort=-priority") == [b.pk, other.pk, a.pk]
+    assert listed(bob, "?project=beta") == listed(bob)  # not one of bob's: filter refused
+    Job.objects.filter(pk=a.pk).update(state="SUCCEEDED")
+    assert listed(bob, "?state=active") == [other.pk, b.pk]
+    assert listed(bob, "?state=SUCCEEDED") == [a.pk]
+    assert listed(bob, "?created_after=2999-01-01") == []
+    bad = bob.get("/jobs/?created_after=yesterday")
+    assert bad.status_code == 200 and "Enter a valid date" in bad.content.decode()
+    for i in range(55):
+        submit(name=f"bulk-{i}")
+    first = bob.get("/jobs/?q=bulk").content.decode()
+    assert "page 1 of 2" in first and "?q=bulk&amp;page=2" in first
+    assert len(listed(bob, "?q=bulk&page=2")) == 5
+
+
+def test_the_recipe_form_submits_a_job_and_shows_the_apis_errors_on_its_fields(cast, hosts):
+    bob = login(cast.bob)
+    page = bob.get("/jobs/new/").content.decode()
+    assert 'name="max_steps"' in page and 'name="spec"' in page
+    form = {"mode": "recipe", "name": "tiny-lm", "project": "alpha", "preset": "tiny",
+            "max_steps": "40", "precision": "fp32", "strategy": "ddp", "nodes": "1",
+            "gpus_per_node": "0", "procs_per_node": "2", "priority": "normal"}  # fmt: skip
+    too_big = bob.post("/jobs/new/", {**form, "gpus_per_node": "9"})
+    assert too_big.status_code == 400
+    html = too_big.content.decode()
+    assert "No online host has 9 GPUs" in html or "9 GPU" in html, html[:3000]
+    bad_name = bob.post("/jobs/new/", {**form, "name": "has spaces!"})
+    assert bad_name.status_code == 400 and Job.objects.count() == 0
+    done = bob.post("/jobs/new/", form)
+    job = Job.objects.get()
+    assert done.status_code == 302 and done["Location"] == f"/jobs/{job.pk}/"
+    assert job.args == ["--preset", "tiny", "--max-steps", "40", "--precision", "fp32",
+                        "--strategy", "ddp"]  # fmt: skip
+    assert (job.procs_per_node, job.created_by) == (2, cast.bob)
+    assert AuditEvent.objects.filter(action="job.submitted", object_id=str(job.pk)).exists()
+
+
+def code_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        data = b"print('hello')\n"
+        info = tarfile.TarInfo("train.py")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_a_yaml_spec_with_code_then_clone_and_edit_keeps_the_code(cast, hosts):
+    bob = login(cast.bob)
+    broken = bob.post("/jobs/new/", {"mode": "yaml", "spec": "name: [unclosed"})
+    assert broken.status_code == 400 and "Not valid YAML or JSON" in broken.content.decode()
+    missing = bob.post(
+        "/jobs/new/", {"mode": "yaml", "spec": "name: x\nentrypoint: [python, train.py]\n"}
+    )
+    assert missing.status_code == 400 and Job.objects.count() == 0
+    spec = "name: hello\nproject: alpha\nentrypoint: [python, train.py]\nargs: [--lr, '0.1']\n"
+    upload = io.BytesIO(code_tar())
+    upload.name = "code.tgz"
+    made = bob.post("/jobs/new/", {"mode": "yaml", "spec": spec, "code": upload})
+    assert made.status_code == 302, made.content.decode()[:2000]
+    first = Job.objects.get()
+    clone_page = bob.get(f"/jobs/new/?from={first.pk}").content.decode()
+    assert "a clone of" in clone_page and "entrypoint:" in clone_page and "--lr" in clone_page
+    edited = spec.replace("'0.1'", "'0.2'")
+    again = bob.post(f"/jobs/new/?from={first.pk}", {"mode": "yaml", "spec": edited})
+    assert again.status_code == 302, again.content.decode()[:2000]
+    clone = Job.objects.exclude(pk=first.pk).get()
+    assert clone.args == ["--lr", "0.2"] and clone.code_dir == first.code_dir
+    assert storage.shown(clone.code_dir) if hasattr(storage, "shown") else clone.code_dir
+    assert login(cast.dave).get(f"/jobs/new/?from={first.pk}").status_code == 404
+
+
+def test_cancel_and_resubmit_from_the_pages_and_a_viewer_sees_no_buttons(cast, hosts, submit):
+    job = submit(name="to-cancel")
+    viewer = login(cast.carol)
+    page = viewer.get(f"/jobs/{job.pk}/").content.decode()
+    assert "Cancel</button>" not in page and "Clone and edit" not in page
+    assert "Submit a job" not in viewer.get("/jobs/").content.decode()
+    assert viewer.post(f"/jobs/{job.pk}/cancel/").status_code == 403
+    assert viewer.get("/jobs/new/").status_code == 403
+    assert viewer.post("/jobs/new/", {"mode": "yaml", "spec": "name: x"}).status_code == 403
+    assert login(cast.dave).post(f"/jobs/{job.pk}/cancel/").status_code == 404
+    bob = login(cast.bob)
+    assert "Cancel</button>" in bob.get(f"/jobs/{job.pk}/").content.decode()
+    done = bob.post(f"/jobs/{job.pk}/cancel/", {"next": "/jobs/?state=active"})
+    assert done.status_code == 302 and done["Location"] == "/jobs/?state=active"
+    job.refresh_from_db()
+    assert job.state == "CANCELLED"
+    again = bob.post(f"/jobs/{job.pk}/cancel/", {"next": "https://evil.example/"}, follow=True)
+    assert "CANCELLED already" in again.content.decode()
+    assert again.redirect_chain[-1][0] == f"/jobs/{job.pk}/"  # not off-site
+    copy = bob.post(f"/jobs/{job.pk}/resubmit/")
+    new = Job.objects.exclude(pk=job.pk).get()
+    assert copy["Location"] == f"/jobs/{new.pk}/" and new.state == "PENDING"
+
+
+def test_the_log_downloads_whole_and_the_attempts_and_row_fragments(cast, hosts, submit):
+    job = submit(name="logged")
+    for i in range(1200):
+        outputs.record_logs(job.pk, 1, 0, f"line {i}\n")
+    bob = login(cast.bob)
+    response = bob.get(f"/jobs/{job.pk}/log.txt")
+    text = b"".join(response.streaming_content).decode()
+    assert response["Content-Disposition"] == f'attachment; filename="job-{job.pk}.log"'
+    assert text.splitlines() == [f"line {i}" for i in range(1200)]
+    assert login(cast.dave).get(f"/jobs/{job.pk}/log.txt").status_code == 404
+    assert "Not placed yet" in bob.get(f"/jobs/{job.pk}/attempts/").content.decode()
+    row = bob.get(f"/jobs/{job.pk}/row/?state=active")
+    assert row.status_code == 200 and f'data-job="{job.pk}"' in row.content.decode()
+    assert 'value="/jobs/?state=active"' in row.content.decode()  # cancel comes back here
+    assert bob.get(f"/jobs/{job.pk}/row/?state=SUCCEEDED").status_code == 204
+
+
+def test_scalars_are_values_and_series_are_charts_and_progress_keeps_its_total(cast, hosts, submit):
+    job = submit(name="scalars")
+    outputs.record_metrics(job.pk, 1, 0, {"system/world_size": 2, "system/params": 1e6})
+    for step in range(1, 11):
+        outputs.record_metrics(job.pk, 1, step, {"loss": 10.0 / step}, total=10)
+    outputs.record_metrics(job.pk, 1, 10, {"final_eval_loss": 0.5})  # no total given
+    job.refresh_from_db()
+    assert job.progress["total"] == 10 and job.progress["step"] == 10
+    assert queries.series_names(job) == ["loss"]
+    assert queries.scalars(job) == {"final_eval_loss": 0.5, "loss": 1.0,
+                                    "system/params": 1e6, "system/world_size": 2.0}  # fmt: skip
+    html = login(cast.bob).get(f"/jobs/{job.pk}/").content.decode()
+    assert 'data-metric="system/world_size"' in html and "step 10 / 10" in html
+    assert 'data-mode="cpu"' in html and "CPU and memory" in html  # no GPU block
+
+
+def test_series_are_downsampled_in_the_database(cast, hosts, submit):
+    job = submit(name="long")
+    Metric.objects.bulk_create(
+        Metric(job=job, step=s, name=n, value=float(s)) for n in ("a", "b") for s in range(20_000)
+    )
+    started = time.perf_counter()
+    series = queries.metric_series(job, max_points=1000, with_time=True)
+    assert time.perf_counter() - started < 5
+    assert {n: len(p) for n, p in series.items()} == {"a": 1000, "b": 1000}
+    assert series["a"][0][:2] == [19, 9.5] and series["a"][-1][:2] == [19_999, 19_989.5]
+
+
+def test_compare_overlays_and_diffs_only_jobs_you_can_see(cast, hosts, submit):
+    a = submit(name="lr-1", args=["--lr", "0.001"])
+    b = submit(name="lr-2", args=["--lr", "0.002"])
+    hidden = submit(cast.dave, name="theirs", project="beta")
+    html = login(cast.bob).get(f"/jobs/compare/?ids={a.pk},{b.pk},{hidden.pk}").content.decode()
+    assert f"#{a.pk} lr-1" in html and f"#{b.pk} lr-2" in html and "theirs" not in html
+    diff = re.search(r'<table class="list" id="spec-diff">(.*?)</table>', html, re.S).group(1)
+    differing = re.findall(r'<tr class="differs"><td><code>([^<]+)</code>', diff)
+    assert differing == ["args", "name"], differing
+    assert "jobs/compare.js" in html
+
+
+def test_registering_a_checkpoint_from_the_job_page(cast, hosts, submit):
+    job = submit(name="ckpt")
+    path = storage.checkpoint_root(job.pk) / "step-4"
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"model_type": "llama"}')
+    (path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    ckpt = outputs.record_checkpoint(job.pk, None, 4, str(path))
+    bob = login(cast.bob)
+    assert 'name="checkpoint" value="%d"' % ckpt.pk in bob.get(f"/jobs/{job.pk}/").content.decode()
+    refused = bob.post(f"/jobs/{job.pk}/register/", {"checkpoint": ckpt.pk, "model": ""},
+                       follow=True)  # fmt: skip
+    assert "Name the model" in refused.content.decode()
+    done = bob.post(f"/jobs/{job.pk}/register/", {"checkpoint": ckpt.pk, "model": "from-page"},
+                    follow=True)  # fmt: skip
+    text = done.content.decode()
+    assert "is from-page v1" in text, text[:3000]
+    assert (
+        login(cast.carol)
+        .post(f"/jobs/{job.pk}/register/", {"checkpoint": ckpt.pk, "model": "x"})
+        .status_code
+        == 403
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_list_socket_sends_state_and_progress_of_your_projects_only(cast):
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from controlplane.asgi import application
+    from jobs import services
+
+    add_host("cpu-1", cpu_slots=2)
+    _, mine = create_token(Actor.system(), cast.bob, "ws")
+    _, theirs = create_token(Actor.system(), cast.dave, "ws")
+
+    def submit(user, project):
+        return services.submit_job(Actor(user=user), {"name": "live", "project": project,
+                                   "entrypoint": ["python", "-m", "workers.recipes.causal_lm"]})  # fmt: skip
+
+    async def scenario():
+        bob = WebsocketCommunicator(application, "/ws/jobs/",
+                                    headers=[(b"authorization", f"Bearer {mine}".encode())])  # fmt: skip
+        dave = WebsocketCommunicator(application, "/ws/jobs/",
+                                     headers=[(b"authorization", f"Bearer {theirs}".encode())])  # fmt: skip
+        assert (await bob.connect(timeout=5))[0] and (await dave.connect(timeout=5))[0]
+        assert (await bob.receive_json_from(timeout=5))["type"] == "hello"
+        assert (await dave.receive_json_from(timeout=5))["type"] == "hello"
+        job = await database_sync_to_async(submit)(cast.bob, "alpha")
+        created = await bob.receive_json_from(timeout=5)
+        await database_sync_to_async(outputs.record_metrics)(job.pk, 1, 3, {"loss": 1.0}, 9)
+        progress = await bob.receive_json_from(timeout=5)
+        nothing = await dave.receive_nothing(timeout=0.5)
+        await bob.disconnect()
+        await dave.disconnect()
+        return job, created, progress, nothing
+
+    job, created, progress, nothing = run(scenario)
+    assert (created["type"], created["job"], created["state"]) == ("state", job.pk, "PENDING")
+    assert progress == {"v": 1, "type": "progress", "job": job.pk, "step": 3, "total": 9}
+    assert nothing
