@@ -21,6 +21,7 @@ from tests.asyncio_helpers import run
 from tests.conftest import add_host
 
 pytestmark = pytest.mark.django_db
+BUILTIN = ["python", "-m", "workers.recipes.causal_lm"]
 
 
 @pytest.fixture
@@ -210,7 +211,8 @@ def test_registering_a_checkpoint_from_the_job_page(cast, hosts, submit):
     (path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     ckpt = outputs.record_checkpoint(job.pk, None, 4, str(path))
     bob = login(cast.bob)
-    assert 'name="checkpoint" value="%d"' % ckpt.pk in bob.get(f"/jobs/{job.pk}/").content.decode()
+    page = bob.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'name="checkpoint" value="{ckpt.pk}"' in page
     refused = bob.post(f"/jobs/{job.pk}/register/", {"checkpoint": ckpt.pk, "model": ""},
                        follow=True)  # fmt: skip
     assert "Name the model" in refused.content.decode()
@@ -239,14 +241,15 @@ def test_the_list_socket_sends_state_and_progress_of_your_projects_only(cast):
     _, theirs = create_token(Actor.system(), cast.dave, "ws")
 
     def submit(user, project):
-        return services.submit_job(Actor(user=user), {"name": "live", "project": project,
-                                   "entrypoint": ["python", "-m", "workers.recipes.causal_lm"]})  # fmt: skip
+        spec = {"name": "live", "project": project, "entrypoint": BUILTIN}
+        return services.submit_job(Actor(user=user), spec)
+
+    def socket(raw):
+        auth = [(b"authorization", f"Bearer {raw}".encode())]
+        return WebsocketCommunicator(application, "/ws/jobs/", headers=auth)
 
     async def scenario():
-        bob = WebsocketCommunicator(application, "/ws/jobs/",
-                                    headers=[(b"authorization", f"Bearer {mine}".encode())])  # fmt: skip
-        dave = WebsocketCommunicator(application, "/ws/jobs/",
-                                     headers=[(b"authorization", f"Bearer {theirs}".encode())])  # fmt: skip
+        bob, dave = socket(mine), socket(theirs)
         assert (await bob.connect(timeout=5))[0] and (await dave.connect(timeout=5))[0]
         assert (await bob.receive_json_from(timeout=5))["type"] == "hello"
         assert (await dave.receive_json_from(timeout=5))["type"] == "hello"
