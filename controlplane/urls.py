@@ -6,7 +6,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
-from controlplane import views
+from controlplane import project_pages, views
 from controlplane.cluster.api import GpuViewSet, WorkerViewSet
 from monitoring import urls as monitoring_urls
 from monitoring import views as monitoring_views
@@ -32,6 +32,14 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", include("jobs.page_urls")),
+    path("projects/", project_pages.project_list, name="project-list-page"),
+    path("projects/<int:project_id>/", project_pages.project_detail, name="project-page"),
+    path(
+        "projects/<int:project_id>/members/", project_pages.project_members, name="project-members"
+    ),
+    path("projects/<int:project_id>/quotas/", project_pages.project_quotas, name="project-quotas"),
+    path("tokens/", project_pages.tokens, name="tokens-page"),
+    path("tokens/<int:token_id>/revoke/", project_pages.token_revoke, name="token-revoke"),
     path("models/", serving_views.model_list, name="model-list-page"),
     path("models/versions/<int:version_id>/deploy/", serving_views.deploy, name="deploy"),
     path("deployments/", serving_views.deployment_list, name="deployment-list-page"),
