@@ -91,3 +91,15 @@ def safe_next(request: HttpRequest, default: str, *args: Any) -> str:
 def spec_yaml(spec: dict) -> str:
     """A stored spec as the YAML a user would write (for clone and edit)."""
     return yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=100)
+
+
+def body_too_large(request: HttpRequest, limit: int, what: str) -> str | None:
+    """A message when the request's body is over ``limit`` bytes (checked from its
+    Content-Length before the upload is read, so a huge file is refused, not spooled)."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > limit:
+        return f"The upload is {length} bytes; {what} may be at most {limit} bytes."
+    return None

@@ -41,7 +41,14 @@ urlpatterns = [
     path("tokens/", project_pages.tokens, name="tokens-page"),
     path("tokens/<int:token_id>/revoke/", project_pages.token_revoke, name="token-revoke"),
     path("models/", serving_views.model_list, name="model-list-page"),
+    path("models/new/", serving_views.model_create, name="model-create"),
+    path("models/<int:model_id>/upload/", serving_views.version_upload, name="version-upload"),
     path("models/versions/<int:version_id>/deploy/", serving_views.deploy, name="deploy"),
+    path(
+        "models/versions/<int:version_id>/delete/",
+        serving_views.version_delete,
+        name="version-delete",
+    ),
     path("deployments/", serving_views.deployment_list, name="deployment-list-page"),
     path(
         "deployments/<int:deployment_id>/", serving_views.deployment_detail, name="deployment-page"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -57,14 +58,18 @@ def job_submit(request: HttpRequest) -> HttpResponse:
     source = None
     if request.GET.get("from", "").isdigit():
         source = _job(request, int(request.GET["from"]))
-    mode = request.POST.get("mode", "yaml" if source else "recipe")
-    recipe = RecipeForm(request.POST if mode == "recipe" and request.method == "POST" else None,
-                        projects=projects)  # fmt: skip
-    spec_text = request.POST.get("spec", "")
+    # An upload over the limit is refused with 413 before the spec is looked at.
+    too_large = request.method == "POST" and pages.body_too_large(
+        request, settings.JOB_CODE_MAX_BYTES + MAX_SPEC_CHARS * 4, "code archives"
+    )
+    post = request.POST if request.method == "POST" and not too_large else None
+    mode = (post or {}).get("mode") or ("yaml" if source else "recipe")
+    recipe = RecipeForm(post if mode == "recipe" else None, projects=projects)
+    spec_text = (post or {}).get("spec", "")
     if source is not None and request.method == "GET":
         spec_text = pages.spec_yaml(source.spec)
-    errors: list[str] = []
-    if request.method == "POST":
+    errors: list[str] = [too_large] if too_large else []
+    if request.method == "POST" and not too_large:
         try:
             job = _submit(request, mode, recipe, spec_text, source)
         except (APIException, ServiceError) as exc:
@@ -77,8 +82,8 @@ def job_submit(request: HttpRequest) -> HttpResponse:
         request,
         "jobs/submit.html",
         {"recipe": recipe, "mode": mode, "spec_text": spec_text, "errors": errors,
-         "source": source, "status": 400 if errors or recipe.errors else 200},
-        status=400 if errors or recipe.errors else 200,
+         "source": source},
+        status=413 if too_large else 400 if errors or recipe.errors else 200,
     )  # fmt: skip
 
 

@@ -363,8 +363,26 @@ def register_succeeded_job(job_id: int) -> ModelVersion | None:
 
 
 @transaction.atomic
+@transaction.atomic
 def delete_version(actor: Actor, version: ModelVersion) -> None:
+    """Delete a version and its files. A version a live deployment serves (or rolls out)
+    is refused with 409; deleted deployments that once served it go with it."""
+    from serving.models import Deployment, DeploymentRevision, DeploymentState
+
     require_role(actor, version.model.project, Role.ADMIN)
+    users = Deployment.objects.filter(
+        pk__in=DeploymentRevision.objects.filter(model_version=version).values("deployment_id")
+    )
+    live = sorted(users.exclude(state=DeploymentState.DELETED).values_list("name", flat=True))
+    if live:
+        raise Conflict(
+            f"{version} is served by deployment {', '.join(live)}: roll it to another version "
+            "or delete it first.",
+            "version",
+        )
+    for gone in users:  # history of deleted deployments: it goes with the version
+        Deployment.objects.filter(pk=gone.pk).update(revision=None, canary=None)
+        gone.delete()
     path = Path(version.path)
     record(actor, "model.version_deleted", version, project=version.model.project)
     version.delete()

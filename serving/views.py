@@ -13,12 +13,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException, ValidationError
 
 from controlplane.tenancy.api.base import scope_to_user
 from controlplane.tenancy.auth import actor_for
 from controlplane.tenancy.errors import ServiceError
+from controlplane.tenancy.models import Project
 from jobs.states import PRIORITY_BY_NAME
 from serving.deployments import api as deployment_api
 from serving.deployments import config as flags
@@ -65,16 +67,32 @@ def _errors(exc: APIException | ServiceError) -> list[str]:
 
 @login_required
 def model_list(request: HttpRequest) -> HttpResponse:
-    models = (
+    models = list(
         scope_to_user(Model.objects.select_related("project"), request.user, "project")
         .prefetch_related("versions")
         .order_by("project__name", "name")
     )
+    from controlplane import pages
+    from serving.models import Deployment
+
+    serving_now: dict[int, list] = {}
+    live = Deployment.objects.exclude(state="DELETED").select_related("revision")
+    for dep in scope_to_user(live, request.user, "project"):
+        if dep.revision is not None:
+            serving_now.setdefault(dep.revision.model_version_id, []).append(dep)
+    for model in models:
+        model.can_write = pages.can(request.user, model.project_id)
+        model.can_delete = pages.can(request.user, model.project_id, "admin")
+        for version in model.versions.all():
+            version.deployments = serving_now.get(version.pk, [])
+    projects = [p for p in scope_to_user(Project.objects.order_by("name"), request.user, "")
+                if pages.can(request.user, p.pk)]  # fmt: skip
     return render(
         request,
         "serving/models.html",
-        {"models": models, "quantization": flags.QUANTIZATION, "priorities": PRIORITY_BY_NAME},
-    )
+        {"models": models, "quantization": flags.QUANTIZATION, "priorities": PRIORITY_BY_NAME,
+         "projects": projects},
+    )  # fmt: skip
 
 
 DEPLOY_FIELDS = ("name", "replicas", "min_replicas", "max_replicas", "cpus_per_replica",
@@ -194,3 +212,77 @@ def deployment_action(request: HttpRequest, deployment_id: int) -> HttpResponse:
     else:
         messages.success(request, f"{dep.name}: {what} requested.")
     return redirect("deployment-page", dep.pk)
+
+
+# --- the registry's pages: a new model, upload a version, delete a version ----------------
+
+
+@login_required
+@require_POST
+def model_create(request: HttpRequest) -> HttpResponse:
+    from controlplane.tenancy.api.base import project_for
+    from serving import services as registry
+
+    name = (request.POST.get("name") or "").strip()
+    project = Project.objects.filter(name=request.POST.get("project", "")).first()
+    try:
+        if not name or len(name) > 100:
+            raise ServiceError("Name the model (up to 100 characters).", "name")
+        model = registry.create_model(
+            actor_for(request), project_for(request.user, project), name,
+            (request.POST.get("description") or "")[:500],
+        )  # fmt: skip
+    except (APIException, ServiceError) as exc:
+        for text in _errors(exc):
+            messages.error(request, f"New model: {text}")
+    else:
+        messages.success(request, f"Model {model} created: upload a version or register one.")
+    return redirect("model-list-page")
+
+
+def _visible_models(request: HttpRequest):
+    return scope_to_user(Model.objects.select_related("project"), request.user, "project")
+
+
+@login_required
+@require_POST
+def version_upload(request: HttpRequest, model_id: int) -> HttpResponse:
+    """A tar/zip of a Hugging Face directory becomes the model's next version."""
+    from django.conf import settings
+
+    from controlplane import pages
+    from serving import services as registry
+
+    model = get_object_or_404(_visible_models(request), pk=model_id)
+    refused = pages.body_too_large(request, settings.MODEL_UPLOAD_MAX_BYTES + 65536, "models")
+    try:
+        if refused:
+            raise ServiceError(refused, "archive")
+        archive = request.FILES.get("archive")
+        if archive is None:
+            raise ServiceError("Choose the archive (tar, tar.gz or zip) to upload.", "archive")
+        version = registry.register_upload(actor_for(request), model, archive.file, archive.size)
+    except (APIException, ServiceError) as exc:
+        for text in _errors(exc):
+            messages.error(request, f"Upload to {model}: {text}")
+    else:
+        messages.success(request, f"{version} registered.")
+    return redirect(f"{reverse('model-list-page')}#model-{model.pk}")
+
+
+@login_required
+@require_POST
+def version_delete(request: HttpRequest, version_id: int) -> HttpResponse:
+    from serving import services as registry
+
+    visible = scope_to_user(ModelVersion.objects.select_related("model__project"), request.user,
+                            "model__project")  # fmt: skip
+    version = get_object_or_404(visible, pk=version_id)
+    try:
+        registry.delete_version(actor_for(request), version)
+    except (APIException, ServiceError) as exc:
+        for text in _errors(exc):
+            messages.error(request, f"Delete {version}: {text}")
+    else:
+        messages.success(request, f"{version} deleted.")
+    return redirect("model-list-page")

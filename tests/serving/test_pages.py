@@ -88,3 +88,39 @@ def test_the_admin_shows_a_deployment_and_deletes_it_through_the_service(cast, v
     )
     assert b"draining, then deleted" in done.content
     assert Deployment.objects.get(pk=dep.pk).state == "DELETING"
+
+
+def test_the_models_page_creates_uploads_shows_lineage_and_deletes(cast, version, tmp_path):
+    import io
+
+    from serving.models import Model, ModelVersion
+    from tests.registry.test_registry import hf_dir, tar_of
+
+    add_host("cpu-1", cpu_slots=4)
+    bob = browser(cast.bob)
+    bob.post("/models/new/", {"name": "uploaded", "project": "alpha"})
+    model = Model.objects.get(name="uploaded")
+    dup = bob.post("/models/new/", {"name": "uploaded", "project": "alpha"}, follow=True)
+    assert b"already" in dup.content and Model.objects.filter(name="uploaded").count() == 1
+    archive = io.BytesIO(tar_of(hf_dir(tmp_path / "hf")))
+    archive.name = "model.tgz"
+    done = bob.post(f"/models/{model.pk}/upload/", {"archive": archive}, follow=True)
+    assert b"uploaded v1 registered" in done.content, done.content[:2000]
+    pickle = io.BytesIO(tar_of(hf_dir(tmp_path / "bad", extra={"optimizer.pt": b"x"})))
+    pickle.name = "bad.tgz"
+    refused = bob.post(f"/models/{model.pk}/upload/", {"archive": pickle}, follow=True)
+    assert b"Upload to alpha/uploaded" in refused.content and model.versions.count() == 1
+    bob.post(f"/models/versions/{version.pk}/deploy/", {"name": "chat"})
+    page = bob.get("/models/").content.decode()
+    assert '<a href="/deployments/' in page and ">chat</a>" in page  # version -> deployment
+    assert f"/api/v1/models/{model.pk}/versions/1/download/" in page
+    # Deleting needs a project admin, and a served version is refused (409), not a 500.
+    alice = browser(cast.alice)
+    busy = alice.post(f"/models/versions/{version.pk}/delete/", follow=True)
+    assert b"is served by deployment chat" in busy.content
+    Deployment.objects.filter(name="chat").update(state="DELETED")
+    alice.post(f"/models/versions/{version.pk}/delete/")
+    assert not ModelVersion.objects.filter(pk=version.pk).exists()
+    assert not Deployment.objects.filter(name="chat").exists()  # its history went with it
+    carol = browser(cast.carol).get("/models/").content.decode()
+    assert 'class="fields upload"' not in carol and 'class="fields deploy"' not in carol
