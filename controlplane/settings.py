@@ -408,8 +408,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "controlplane" / "static"]  # the shared page components
-STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)
+# Collected (hashed, gzipped) by `make run` at start, and only when a source changed.
+STATIC_ROOT = Path(env_str("CP_STATIC_ROOT", str(VAR_DIR / "static"))).resolve()
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
@@ -418,7 +419,8 @@ STATICFILES_FINDERS = [
 ]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # Hashed names + gzip (controlplane.staticstorage): fetched once, cached for a year.
+    "staticfiles": {"BACKEND": "controlplane.staticstorage.StaticStorage"},
 }
 
 ADMIN_PASSWORD = env_str("CP_ADMIN_PASSWORD")

@@ -261,7 +261,11 @@ def main() -> int:
     from django.conf import settings
     from django.core.management import call_command
 
+    from controlplane.staticstorage import collect_if_changed
+
     call_command("migrate", interactive=False, verbosity=0)
+    # Hashed, compressed static files (plotly.js fetched once per version, then cached).
+    collect_if_changed()
     from controlplane.tenancy import services
 
     password = services.bootstrap(settings.ADMIN_PASSWORD or None)

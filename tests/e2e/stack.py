@@ -56,6 +56,11 @@ class PostgresDatabase:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
+# The stacks of one test run share their collected static files (hashing and gzipping
+# plotly.js takes seconds; controlplane.staticstorage skips it when nothing changed).
+STATIC_ROOT = Path(tempfile.gettempdir()) / f"cp-e2e-static-{os.getuid()}"
+
+
 class Stack:
     def __init__(self, *, fake_gpus: int = 2, extra_env: dict[str, str] | None = None) -> None:
         self.var_dir = Path(tempfile.mkdtemp(prefix="cp-e2e-"))
@@ -75,6 +80,7 @@ class Stack:
         env.update(
             {
                 "CP_VAR_DIR": str(self.var_dir),
+                "CP_STATIC_ROOT": str(STATIC_ROOT),  # collected once for the whole run
                 "CP_HOSTNAME": self.hostname,
                 "CP_CACHE_PREFIX": f"cp-{self.hostname}",
                 "CP_HTTP_PORT": str(self.http_port),

@@ -92,6 +92,15 @@ def test_the_stack_boots_serves_and_stops_cleanly_then_restarts_on_the_same_data
         assert browser.get("/admin/").status_code == 200
         css = browser.get("/static/admin/css/base.css")
         assert css.status_code == 200 and "body" in css.text
+        # Static files have hashed names, go out gzipped and are cached for good: a
+        # browser fetches plotly.js (4.8 MB) once per version.
+        telemetry = browser.get("/telemetry/").text
+        [plotly] = re.findall(r'src="(/static/vendor/plotly\.min\.[0-9a-f]{12}\.js)"', telemetry)
+        script = browser.get(plotly, headers={"Accept-Encoding": "gzip"})
+        assert script.status_code == 200 and script.headers["Content-Encoding"] == "gzip"
+        assert int(script.headers["Content-Length"]) < 2_000_000  # of 4.8 MB
+        age = re.search(r"max-age=(\d+)", script.headers["Cache-Control"])
+        assert age and int(age.group(1)) >= 365 * 24 * 3600, script.headers["Cache-Control"]
 
     # Per-user throttling answers 429 with a Retry-After.
     statuses = [api.get("/api/v1/projects/").status_code for _ in range(45)]

@@ -292,6 +292,8 @@ def test_a_real_browser_sees_the_cluster_chart_move_and_the_jobs_energy(stack):
             page.wait_for_timeout(1500)
             second = page.evaluate(read)
             assert second[1] != first[1], (first, second)  # the chart's data moved on
+            names = page.evaluate("document.getElementById('cluster-chart').data.map(t => t.name)")
+            assert all(n.endswith(" GPU") for n in names), names  # says what it plots
             assert page.locator("#conn").inner_text() == "live"
             page.screenshot(path=str(ARTIFACTS / "telemetry-cluster.png"), full_page=True)
 

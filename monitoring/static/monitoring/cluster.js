@@ -8,19 +8,20 @@
   const chart = document.getElementById("cluster-chart");
   const traces = {}, lastT = {};
   window.cpTelemetry = {samples: 0, dropped: 0};
-  Plotly.newPlot(chart, [], CPT.layout("GPU utilization per host (%)", {yaxis: {range: [0, 100]}}), CPT.config);
+  Plotly.newPlot(chart, [], CPT.layout("Utilization per host (%): GPU mean, or CPU for a host without a GPU", {yaxis: {range: [0, 100], title: {text: "%"}}}), CPT.config);
 
-  function traceFor(host) {
+  // Each trace says what it plots: "<host> GPU" or "<host> CPU".
+  function traceFor(host, kind) {
     if (!(host.id in traces)) {
-      Plotly.addTraces(chart, {x: [], y: [], name: host.name, mode: "lines", line: {width: 1.5}});
+      Plotly.addTraces(chart, {x: [], y: [], name: host.name + " " + kind, mode: "lines", line: {width: 1.5}});
       traces[host.id] = chart.data.length - 1;
     }
     return traces[host.id];
   }
   function hostValue(frame) {
     const utils = frame.gpus.filter(g => g.ok && g.util_gpu != null).map(g => g.util_gpu);
-    if (!utils.length) return frame.host_metrics.cpu;
-    return utils.reduce((a, b) => a + b, 0) / utils.length;
+    if (!utils.length) return [frame.host_metrics.cpu, "CPU"];
+    return [utils.reduce((a, b) => a + b, 0) / utils.length, "GPU"];
   }
   function section(frame) {
     let el = document.querySelector('.tm-host[data-host="' + frame.host.id + '"]');
@@ -52,7 +53,8 @@
       for (const w of msg.workers) names[w.id] = w.name;
       for (const [id, points] of Object.entries(msg.recent)) {
         if (!points.length) continue;
-        const idx = traceFor({id: Number(id), name: names[id] || id});
+        const kind = points.some(p => p.gpu_util != null) ? "GPU" : "CPU";
+        const idx = traceFor({id: Number(id), name: names[id] || id}, kind);
         const ys = points.map(p => p.gpu_util != null ? p.gpu_util : p.cpu);
         Plotly.extendTraces(chart, {x: [points.map(p => new Date(p.t * 1000))], y: [ys]}, [idx], WINDOW);
       }
@@ -62,8 +64,8 @@
       lastT[msg.host.id] = msg.t;
       window.cpTelemetry.samples++;
       render(msg);
-      const idx = traceFor(msg.host);
-      Plotly.extendTraces(chart, {x: [[new Date(msg.t * 1000)]], y: [[hostValue(msg)]]}, [idx], WINDOW);
+      const [value, kind] = hostValue(msg);
+      Plotly.extendTraces(chart, {x: [[new Date(msg.t * 1000)]], y: [[value]]}, [traceFor(msg.host, kind)], WINDOW);
     } else if (msg.type === "dropped") {
       window.cpTelemetry.dropped = msg.total;
     }
