@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 from django.db.models import Q, QuerySet
 
+from jobs.spec import encode_tags
 from jobs.states import JOB_TERMINAL, PRIORITY_BY_NAME, JobState
 from workers.recipes.config import PRECISIONS, PRESETS, STRATEGIES
 
@@ -29,6 +30,7 @@ class JobFilterForm(forms.Form):
     project = forms.ChoiceField(required=False)
     state = forms.ChoiceField(required=False, choices=[("", "any"), ("active", "active")])
     user = forms.CharField(required=False, max_length=150)
+    tag = forms.CharField(required=False, max_length=32)
     created_after = forms.DateField(required=False, label="From", widget=forms.DateInput(
         attrs={"type": "date"}))  # fmt: skip
     created_before = forms.DateField(required=False, label="To", widget=forms.DateInput(
@@ -58,6 +60,8 @@ class JobFilterForm(forms.Form):
             jobs = jobs.filter(state=f["state"])
         if f.get("user"):
             jobs = jobs.filter(created_by__username=f["user"])
+        if f.get("tag"):
+            jobs = jobs.filter(tags__contains=encode_tags([f["tag"]]))
         if f.get("created_after"):
             jobs = jobs.filter(created_at__date__gte=f["created_after"])
         if f.get("created_before"):
@@ -81,6 +85,9 @@ class RecipeForm(forms.Form):
         min_value=1, initial=1, label="CPU processes per node", help_text="when no GPUs"
     )
     priority = forms.ChoiceField(choices=[(p, p) for p in PRIORITY_BY_NAME], initial="normal")
+    tags = forms.CharField(
+        required=False, max_length=600, help_text="comma-separated, e.g. baseline, lr-sweep"
+    )
 
     def __init__(self, data: Any = None, projects: list[str] = (), **kwargs: Any) -> None:
         super().__init__(data, **kwargs)
@@ -99,6 +106,7 @@ class RecipeForm(forms.Form):
                      "--precision", f["precision"], "--strategy", f["strategy"]],
             "resources": resources,
             "priority": f["priority"],
+            "tags": [t.strip() for t in f["tags"].split(",") if t.strip()],
         }  # fmt: skip
 
     #: Where the API's field names land on this form (the rest show above it).
@@ -110,4 +118,5 @@ class RecipeForm(forms.Form):
         "resources.procs_per_node": "procs_per_node",
         "resources": "gpus_per_node",
         "priority": "priority",
+        "tags": "tags",
     }

@@ -33,6 +33,9 @@ class Job(models.Model):
     )
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=16, choices=JobKind.choices, default=JobKind.TRAINING)
+    tags = models.CharField(
+        max_length=600, blank=True, help_text="The spec's tags as ',a,b,' (see spec.encode_tags)."
+    )
     spec = models.JSONField(help_text="The validated spec, as submitted (normalized).")
     entrypoint = models.JSONField(help_text="argv list")
     args = models.JSONField(default=list)
@@ -94,6 +97,10 @@ class Job(models.Model):
 
     def is_terminal(self) -> bool:
         return self.state in JOB_TERMINAL
+
+    @property
+    def tag_list(self) -> list[str]:
+        return [t for t in self.tags.split(",") if t]
 
     def move_to(self, state: str, **fields) -> list[str]:
         """Set the state (guarded) and fields; returns the names to ``save(update_fields=)``."""

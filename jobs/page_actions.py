@@ -6,6 +6,7 @@ refusal comes back as the API's message, next to the field it is about."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -40,7 +41,8 @@ def _spec_errors(exc: APIException | ServiceError, form: RecipeForm | None) -> l
     """Put each API error on its form field when the form has it; return the others."""
     rest: list[str] = []
     for field, problems in pages.field_errors(exc).items():
-        target = RecipeForm.API_FIELDS.get(field) if form is not None else None
+        item = re.sub(r"\.\d+$", "", field)  # "tags.2": the form's one tags field
+        target = RecipeForm.API_FIELDS.get(item) if form is not None else None
         for problem in problems:
             if target:
                 form.add_error(target, problem)

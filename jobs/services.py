@@ -34,7 +34,7 @@ from jobs import events, storage
 from jobs.archives import ArchiveError, NoRoom, resolve_inside, unpack
 from jobs.lifecycle import request_tick, settle
 from jobs.models import Attempt, Job
-from jobs.spec import JobSpecSerializer, normalize, secret_refs
+from jobs.spec import JobSpecSerializer, encode_tags, normalize, secret_refs
 from jobs.states import ATTEMPT_LIVE, PRIORITY_BY_NAME, JobState, StopReason
 
 PYTHONS = {"python", "python3"}
@@ -230,6 +230,7 @@ def submit_job(
                 project=project,
                 created_by=actor.user,
                 name=spec["name"],
+                tags=encode_tags(spec.get("tags", [])),
                 spec=spec,
                 entrypoint=spec["entrypoint"],
                 args=spec["args"],

@@ -287,6 +287,19 @@ class CheckpointPolicySerializer(StrictSerializer):
     keep = serializers.IntegerField(min_value=1, max_value=100, default=3)
 
 
+TAG = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,31}$"
+MAX_TAGS = 16
+
+
+def encode_tags(tags: list[str]) -> str:
+    """Tags as stored: ``,a,b,`` (a ``,a,`` substring finds one on every database)."""
+    return f",{','.join(tags)}," if tags else ""
+
+
+def decode_tags(stored: str) -> list[str]:
+    return [t for t in stored.split(",") if t]
+
+
 class JobSpecSerializer(StrictSerializer):
     name = serializers.RegexField(
         r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$",
@@ -309,6 +322,16 @@ class JobSpecSerializer(StrictSerializer):
         allow_blank=False,
         help_text="A server-side code directory under one of CP_JOB_CODE_DIRS.",
     )
+    tags = serializers.ListField(
+        child=serializers.RegexField(
+            TAG,
+            max_length=32,
+            error_messages={"invalid": "Letters, digits, '.', '_', ':' or '-'; at most 32."},
+        ),
+        max_length=MAX_TAGS,
+        default=list,
+        help_text="Labels to find and group jobs by (the jobs list filters on them).",
+    )
 
     def validate_env(self, env: dict[str, str]) -> dict[str, str]:
         if len(env) > 256:
@@ -321,6 +344,9 @@ class JobSpecSerializer(StrictSerializer):
                     f"{name} is set by the launcher; a job cannot override it."
                 )
         return env
+
+    def validate_tags(self, tags: list[str]) -> list[str]:
+        return list(dict.fromkeys(tags))  # in order, once each
 
     def validate(self, attrs: dict) -> dict:
         if isinstance(attrs.get("resources"), dict) and "procs_per_node" not in attrs["resources"]:

@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from jobs import storage
 from jobs.models import Attempt, AttemptNode, Checkpoint, Job, LogChunk
+from jobs.spec import decode_tags
 from jobs.states import JobState, Priority
 
 
@@ -56,6 +57,7 @@ class JobSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField(
         help_text="For a pending job: how many pending jobs go before it."
     )
+    tags = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -63,6 +65,7 @@ class JobSerializer(serializers.ModelSerializer):
             "id",
             "kind",
             "name",
+            "tags",
             "project",
             "user",
             "state",
@@ -84,6 +87,9 @@ class JobSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
         ]
+
+    def get_tags(self, job: Job) -> list[str]:
+        return decode_tags(job.tags)
 
     def get_priority(self, job: Job) -> str:
         return Priority(job.priority).label

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status
@@ -24,7 +25,7 @@ from jobs.api.serializers import (
     LogChunkSerializer,
 )
 from jobs.models import Job
-from jobs.spec import JobSpecSerializer, parse_spec_text
+from jobs.spec import JobSpecSerializer, encode_tags, parse_spec_text
 from jobs.states import JOB_TERMINAL, JobState
 
 MAX_LOG_CHUNKS = 500
@@ -41,10 +42,14 @@ class JobFilter(filters.FilterSet):
     state = filters.MultipleChoiceFilter(choices=JobState.choices)
     project = filters.CharFilter(field_name="project__name")
     user = filters.CharFilter(field_name="created_by__username")
+    tag = filters.CharFilter(method="with_tag", help_text="Jobs that carry this tag.")
 
     class Meta:
         model = Job
-        fields = ["state", "project", "user"]
+        fields = ["state", "project", "user", "tag"]
+
+    def with_tag(self, jobs: QuerySet, name: str, value: str) -> QuerySet:
+        return jobs.filter(tags__contains=encode_tags([value]))
 
 
 class LogsQuery(serializers.Serializer):

@@ -76,6 +76,9 @@ def nothing_created() -> None:
         ({"name": "x", "entrypoint": BUILTIN, "env": {"1BAD": "x"}}, "env", "variable name"),
         ({"name": "x", "entrypoint": BUILTIN, "gpus": 2}, "gpus", "Unknown field"),
         ({"name": "x", "entrypoint": BUILTIN, "max_restarts": -1}, "max_restarts", ""),
+        ({"name": "x", "entrypoint": BUILTIN, "tags": ["a,b"]}, "tags", "at most 32"),
+        ({"name": "x", "entrypoint": BUILTIN, "tags": "a"}, "tags", "list"),
+        ({"name": "x", "entrypoint": BUILTIN, "tags": [f"t{i}" for i in range(17)]}, "tags", "16"),
         ({"name": "x", "entrypoint": BUILTIN, "project": "nope"}, "project", "No project"),
         (
             {"name": "x", "entrypoint": BUILTIN, "resources": {"nodes": 2, "gpus_per_node": 8}},

@@ -56,6 +56,15 @@ def test_the_list_filters_searches_sorts_and_pages_keeping_its_filters(cast, hos
     assert listed(bob, "?state=active") == [other.pk, b.pk]
     assert listed(bob, "?state=SUCCEEDED") == [a.pk]
     assert listed(bob, "?created_after=2999-01-01") == []
+    tagged = submit(name="tagged", tags=["lr-sweep", "v2", "lr-sweep"])
+    submit(name="near-miss", tags=["lr-sweep-old"])  # a tag that only starts the same
+    assert tagged.tag_list == ["lr-sweep", "v2"]  # once each, in order
+    assert listed(bob, "?tag=lr-sweep") == [tagged.pk]
+    assert 'href="/jobs/?tag=v2"' in bob.get(f"/jobs/{tagged.pk}/").content.decode()
+    api = bob.get("/api/v1/jobs/", {"tag": "v2"}).json()
+    assert [(j["id"], j["tags"]) for j in api["results"]] == [(tagged.pk, ["lr-sweep", "v2"])]
+    Job.objects.filter(pk__in=[tagged.pk]).delete()
+    Job.objects.filter(name="near-miss").delete()
     bad = bob.get("/jobs/?created_after=yesterday")
     assert bad.status_code == 200 and "Enter a valid date" in bad.content.decode()
     for i in range(55):
@@ -78,12 +87,17 @@ def test_the_recipe_form_submits_a_job_and_shows_the_apis_errors_on_its_fields(c
     assert "No online host has 9 GPUs" in html or "9 GPU" in html, html[:3000]
     bad_name = bob.post("/jobs/new/", {**form, "name": "has spaces!"})
     assert bad_name.status_code == 400 and Job.objects.count() == 0
-    done = bob.post("/jobs/new/", form)
+    bad_tag = bob.post("/jobs/new/", {**form, "tags": "ok, not ok!"})
+    assert bad_tag.status_code == 400 and Job.objects.count() == 0
+    # The API's message sits on the tags field (its error list comes right after the input).
+    assert re.search(r'name="tags".*?at most 32', bad_tag.content.decode(), re.S)
+    done = bob.post("/jobs/new/", {**form, "tags": "first-run, tiny"})
     job = Job.objects.get()
     assert done.status_code == 302 and done["Location"] == f"/jobs/{job.pk}/"
     assert job.args == ["--preset", "tiny", "--max-steps", "40", "--precision", "fp32",
                         "--strategy", "ddp"]  # fmt: skip
     assert (job.procs_per_node, job.created_by) == (2, cast.bob)
+    assert job.tag_list == ["first-run", "tiny"]
     assert AuditEvent.objects.filter(action="job.submitted", object_id=str(job.pk)).exists()
 
 
