@@ -149,10 +149,14 @@ def project_quotas(request: HttpRequest, project_id: int) -> HttpResponse:
     return redirect("project-page", project.pk)
 
 
+#: The session key that holds a new token's secret until the page after the POST shows it.
+NEW_TOKEN = "cp-new-token"  # noqa: S105 (a session key's name, not a secret)
+
+
 @login_required
 def tokens(request: HttpRequest) -> HttpResponse:
-    """The user's API tokens; POST creates one and shows its secret on this answer only."""
-    created = None
+    """The user's API tokens. POST creates one and redirects here (a reload does not make
+    another); that next answer shows the secret, once: it is popped from the session."""
     errors: list[str] = []
     if request.method == "POST":
         days = request.POST.get("expires_in_days", "").strip()
@@ -166,10 +170,15 @@ def tokens(request: HttpRequest) -> HttpResponse:
             token, raw = services.create_token(
                 actor_for(request), request.user, valid["name"], valid.get("expires_at")
             )
-            created = {"token": token, "secret": raw}
+            request.session[NEW_TOKEN] = {"id": token.pk, "secret": raw}
+            return redirect("tokens-page")
         except (APIException, ServiceError) as exc:
             errors = pages.error_lines(exc)
     rows = ApiToken.objects.filter(user=request.user).order_by("-created_at")
+    created = None
+    if request.method == "GET" and (new := request.session.pop(NEW_TOKEN, None)):
+        token = rows.filter(pk=new["id"]).first()
+        created = {"token": token, "secret": new["secret"]} if token else None
     response = render(
         request,
         "tenancy/tokens.html",

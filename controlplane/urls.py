@@ -35,7 +35,9 @@ urlpatterns = [
     path("projects/", project_pages.project_list, name="project-list-page"),
     path("projects/<int:project_id>/", project_pages.project_detail, name="project-page"),
     path(
-        "projects/<int:project_id>/members/", project_pages.project_members, name="project-members"
+        "projects/<int:project_id>/members/",
+        project_pages.project_members,
+        name="project-members-page",
     ),
     path("projects/<int:project_id>/quotas/", project_pages.project_quotas, name="project-quotas"),
     path("tokens/", project_pages.tokens, name="tokens-page"),

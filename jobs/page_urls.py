@@ -10,9 +10,9 @@ urlpatterns = [
     path("compare/", views.job_compare, name="job-compare"),
     path("<int:job_id>/", views.job_detail, name="job-page"),
     path("<int:job_id>/row/", views.job_row, name="job-row"),
-    path("<int:job_id>/attempts/", views.job_attempts, name="job-attempts"),
+    path("<int:job_id>/attempts/", views.job_attempts, name="job-attempts-page"),
     path("<int:job_id>/log.txt", views.job_log, name="job-log"),
-    path("<int:job_id>/cancel/", page_actions.job_cancel, name="job-cancel"),
-    path("<int:job_id>/resubmit/", page_actions.job_resubmit, name="job-resubmit"),
+    path("<int:job_id>/cancel/", page_actions.job_cancel, name="job-cancel-page"),
+    path("<int:job_id>/resubmit/", page_actions.job_resubmit, name="job-resubmit-page"),
     path("<int:job_id>/register/", page_actions.register_checkpoint, name="job-register"),
 ]

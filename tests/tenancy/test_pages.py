@@ -80,13 +80,16 @@ def test_a_token_is_shown_once_then_works_and_revoking_stops_it(cast):
     bob = login(cast.bob)
     bad = bob.post("/tokens/", {"name": "ci", "expires_in_days": "0"})
     assert bad.status_code == 400 and ApiToken.objects.count() == 0
-    made = bob.post("/tokens/", {"name": "ci", "expires_in_days": "30"})
+    posted = bob.post("/tokens/", {"name": "ci", "expires_in_days": "30"})
+    assert posted.status_code == 302  # so a reload does not post (and make) another
+    made = bob.get(posted["Location"])
     html = made.content.decode()
     secret = html.split('id="token-secret">')[1].split("<")[0]
     assert made["Cache-Control"] == "no-store" and secret.startswith("cp_")
     assert authenticate_token(secret).user == cast.bob
     again = bob.get("/tokens/").content.decode()
     assert secret not in again and "ci" in again  # listed, never shown again
+    assert ApiToken.objects.count() == 1
     token = ApiToken.objects.get()
     assert login(cast.dave).post(f"/tokens/{token.pk}/revoke/").status_code == 404
     bob.post(f"/tokens/{token.pk}/revoke/")

@@ -8,6 +8,12 @@
   const insert = JSON.parse(document.getElementById("live-inserts").textContent);
   const pending = new Map();  // job id -> timer (one fetch per burst of events)
 
+  function count(delta) {  // "N in all" under the list follows inserts and removals
+    document.querySelectorAll(".total-count").forEach((el) => {
+      el.textContent = Math.max(0, Number(el.textContent) + delta);
+    });
+  }
+
   function row(id) { return tbody.querySelector('tr[data-job="' + id + '"]'); }
 
   function refresh(id) {
@@ -16,7 +22,7 @@
       pending.delete(id);
       const response = await fetch("/jobs/" + id + "/row/" + location.search, {credentials: "same-origin"});
       const old = row(id);
-      if (response.status === 204) { if (old) old.remove(); return; }
+      if (response.status === 204) { if (old) { old.remove(); count(-1); } return; }
       if (!response.ok) return;
       const holder = document.createElement("tbody");
       holder.innerHTML = (await response.text()).trim();
@@ -25,7 +31,7 @@
       const box = old && old.querySelector("input[type=checkbox]");
       if (box && box.checked) fresh.querySelector("input[type=checkbox]").checked = true;
       if (old) old.replaceWith(fresh);
-      else if (insert) { tbody.querySelector("tr.empty")?.remove(); tbody.prepend(fresh); }
+      else if (insert) { tbody.querySelector("tr.empty")?.remove(); tbody.prepend(fresh); count(1); }
     }, 150));
   }
 

@@ -29,8 +29,8 @@
       Plotly.newPlot(utilDiv, [], CPT.layout("GPU utilization (%)", {yaxis: {range: [0, 100]}}), CPT.config);
       Plotly.newPlot(powerDiv, [], CPT.layout("Power (W)"), CPT.config);
     } else {
-      Plotly.newPlot(utilDiv, [], CPT.layout("CPU of its processes (% of one core)"), CPT.config);
-      Plotly.newPlot(powerDiv, [], CPT.layout("Resident memory (MiB)"), CPT.config);
+      Plotly.newPlot(utilDiv, [], CPT.layout("CPU of its processes (% of one core)", {yaxis: {rangemode: "tozero"}}), CPT.config);
+      Plotly.newPlot(powerDiv, [], CPT.layout("Resident memory (MiB)", {yaxis: {rangemode: "tozero"}}), CPT.config);
     }
   }
   function traceFor(key) {
