@@ -13,16 +13,17 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.db.models import Max
 
 from controlplane.tenancy.api.base import scope_to_user
 from controlplane.tenancy.models import Project
 from controlplane.tenancy.sockets import AccessWatch
 from jobs import events, queries
 from jobs.api.serializers import LogChunkSerializer
-from jobs.models import Job, LogChunk, Metric
+from jobs.models import Job, LogChunk
 
 SNAPSHOT_LOG_CHUNKS = 200
+#: Points per series in a page's first snapshot: a chart is some 600 pixels wide; W&B draws 500.
+SNAPSHOT_POINTS = 1000
 MAX_RESUME_CHUNKS = 1000
 
 
@@ -84,7 +85,7 @@ class JobConsumer(AccessWatch, AsyncJsonWebsocketConsumer):
     def _snapshot(self) -> dict:
         job = Job.objects.get(pk=self.job_id)
         chunks = list(job.log_chunks.order_by("-id")[:SNAPSHOT_LOG_CHUNKS])[::-1]
-        last_metric = Metric.objects.filter(job=job).aggregate(m=Max("id"))["m"] or 0
+        last_metric = queries.last_metric_id(job)
         return {
             "type": "snapshot",
             "v": events.SCHEMA_VERSION,
@@ -92,7 +93,7 @@ class JobConsumer(AccessWatch, AsyncJsonWebsocketConsumer):
             "progress": job.progress,
             "logs": LogChunkSerializer(chunks, many=True).data,
             "last_log": chunks[-1].pk if chunks else 0,
-            "metrics": queries.metric_series(job, max_points=2000, with_time=True),
+            "metrics": queries.metric_series(job, max_points=SNAPSHOT_POINTS, with_time=True),
             "last_metric": last_metric,
         }
 
@@ -102,7 +103,7 @@ class JobConsumer(AccessWatch, AsyncJsonWebsocketConsumer):
         chunks = list(
             LogChunk.objects.filter(job=job, pk__gt=log_since).order_by("id")[:MAX_RESUME_CHUNKS]
         )
-        last_metric = Metric.objects.filter(job=job).aggregate(m=Max("id"))["m"] or 0
+        last_metric = queries.last_metric_id(job)
         return {
             "type": "resumed",
             "v": events.SCHEMA_VERSION,

@@ -258,6 +258,35 @@ class Metric(models.Model):
         return f"job #{self.job_id} {self.name}@{self.step}={self.value:g}"
 
 
+class MetricRollup(models.Model):
+    """A job's metric summarized over aligned ranges of steps, kept as reports arrive
+    (``jobs.rollups``): ``width`` steps per bucket (``bucket = step // width``) at a few
+    widths, and width 0 for the whole series (its count, last step and value). Charts of
+    long series and the page's table of values read these instead of every point."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100)
+    width = models.PositiveIntegerField()
+    bucket = models.BigIntegerField()
+    n = models.BigIntegerField()
+    total = models.FloatField()
+    first_step = models.IntegerField()
+    last_step = models.IntegerField()
+    last_value = models.FloatField()
+    last_time = models.DateTimeField()
+    last_id = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["job", "name", "width", "bucket"], name="metric_rollup_bucket"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"job #{self.job_id} {self.name} /{self.width}[{self.bucket}] n={self.n}"
+
+
 class LogChunk(models.Model):
     """A slice of a job's output. The id is the cursor: ``?since=<id>`` pages forward."""
 

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs import events, storage
+from jobs import events, rollups, storage
 from jobs.lifecycle import Fence, holds, remove_tree
 from jobs.models import Checkpoint, Job, LogChunk, Metric
 
@@ -96,6 +96,7 @@ def record_metrics(
                 for n, v in clean.items()
             ]
         )
+        rollups.add_report(job_id, rows)
         Job.objects.filter(pk=job_id).update(progress=progress)
     last_id = max((r.pk for r in rows if r.pk), default=None)
     events.send(

@@ -1,6 +1,9 @@
 // Metric charts shared by the job and compare pages: one chart per metric name, one trace
 // per run, redrawn from the raw points with the page's controls (smoothing, log scale,
 // x by step or wall time). Points are [step, value, unix_time]; the server downsamples.
+// Only charts on or near the screen are drawn (as dashboards of many panels do): a page
+// of 20 series is usable once the first screenful is drawn, the rest as it scrolls in.
+// A new chart is drawn at the next frame; updates of drawn ones are batched (200 ms).
 //   const set = CP.metricCharts(container, {traceNames: {...}});
 //   set.add(runId, "loss", points); set.bindControls(formElement);
 window.CP = window.CP || {};
@@ -11,6 +14,13 @@ CP.metricCharts = function (container, options) {
   const charts = {};  // metric -> {div, runs: {run: points}}
   const view = {smoothing: 0, log: false, x: "step"};
   let dirty = new Set(), timer = null;
+  const near = new Set();  // metrics whose chart is on or near the screen
+  const seen = typeof IntersectionObserver === "function" ? new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const metric = e.target.dataset.metric;
+      if (e.isIntersecting) { near.add(metric); if (dirty.has(metric)) schedule(0); } else near.delete(metric);
+    }
+  }, {rootMargin: "300px 0px"}) : null;
 
   function smooth(ys, weight) {
     if (!weight) return ys;
@@ -35,8 +45,16 @@ CP.metricCharts = function (container, options) {
       yaxis: {type: view.log ? "log" : "linear"}, hovermode: "x unified",
       showlegend: Object.keys(charts[metric].runs).length > 1, legend: {orientation: "h", y: -0.25}};
   }
-  function draw(metric) { Plotly.react(charts[metric].div, traces(metric), layout(metric), {displaylogo: false, responsive: true}); }
-  function flush() { timer = null; for (const m of dirty) draw(m); dirty = new Set(); }
+  function draw(metric) { charts[metric].drawn = true; Plotly.react(charts[metric].div, traces(metric), layout(metric), {displaylogo: false, responsive: true}); }
+  function flush() {
+    timer = null;
+    for (const m of dirty) if (!seen || near.has(m)) { draw(m); dirty.delete(m); }
+  }
+  function schedule(delay) {
+    if (timer !== null && delay > 0) return;
+    if (timer !== null) clearTimeout(timer);
+    timer = delay ? setTimeout(flush, delay) : setTimeout(() => requestAnimationFrame(flush), 0);
+  }
   function chart(metric) {
     if (!charts[metric]) {
       container.querySelector(".no-metrics")?.remove();
@@ -45,7 +63,8 @@ CP.metricCharts = function (container, options) {
       const sorted = Object.keys(charts).concat([metric]).sort();
       const before = charts[sorted[sorted.indexOf(metric) + 1]];
       container.insertBefore(div, before ? before.div : null);
-      charts[metric] = {div: div, runs: {}};
+      charts[metric] = {div: div, runs: {}, drawn: false};
+      if (seen) seen.observe(div);
     }
     return charts[metric];
   }
@@ -58,7 +77,7 @@ CP.metricCharts = function (container, options) {
       for (const p of points) have.push(p);
       if (have.length > MAX_POINTS) have.splice(0, have.length - MAX_POINTS);
       dirty.add(metric);
-      if (!timer) timer = setTimeout(flush, 200);
+      schedule(c.drawn ? 200 : 0);
     },
     bindControls(form) {
       if (!form) return;
@@ -69,7 +88,7 @@ CP.metricCharts = function (container, options) {
         const out = form.querySelector("output");
         if (out) out.textContent = view.smoothing.toFixed(2);
         for (const m of Object.keys(charts)) dirty.add(m);
-        if (!timer) timer = setTimeout(flush, 0);
+        schedule(0);
       };
       form.addEventListener("input", read);
       form.addEventListener("change", read);
