@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.browser_common import signed_in_page  # noqa: E402
 from tests.e2e.stack import ADMIN_PASSWORD, Stack  # noqa: E402
 
 SEED = """
@@ -105,18 +106,9 @@ def measure(
                 html_kib: n.transferSize / 1024, dom: n.domContentLoadedEventEnd}; }"""
     out: dict[str, dict] = {k: {"fcp": [], "server": [], "ready": [], "dom": []} for k in paths}
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            profile, executable_path=shutil.which("chromium"), headless=True,
-            viewport={"width": 1400, "height": 900},
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )  # fmt: skip
-        page = browser.new_page()
-        page.goto(f"{stack.url}/login/")
-        page.fill("input[name=username]", "admin")
-        page.fill("input[name=password]", ADMIN_PASSWORD)
-        page.click("button[type=submit], input[type=submit]")
-        page.wait_for_url(f"{stack.url}/")
+        browser, page = signed_in_page(
+            p, stack, profile, ADMIN_PASSWORD, viewport={"width": 1400, "height": 900}
+        )
         for path, ready in paths.values():  # once each: static files cached
             page.goto(f"{stack.url}{path}")
             page.wait_for_function(ready, timeout=60000)

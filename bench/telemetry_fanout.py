@@ -41,6 +41,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.browser_common import signed_in_page  # noqa: E402
 from tests.e2e.stack import ADMIN_PASSWORD, Stack  # noqa: E402
 
 
@@ -131,17 +132,7 @@ def first_paint(stack: Stack, runs: int) -> dict | None:
     read = "() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime"
     results: dict[str, list[float]] = {"/": [], "/telemetry/": []}
     with sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(
-            profile, executable_path=chromium, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )  # fmt: skip
-        page = browser.new_page()
-        page.goto(f"{stack.url}/login/")
-        page.fill("input[name=username]", "admin")
-        page.fill("input[name=password]", ADMIN_PASSWORD)
-        page.click("button[type=submit], input[type=submit]")
-        page.wait_for_url(f"{stack.url}/")
+        browser, page = signed_in_page(p, stack, profile, ADMIN_PASSWORD)
         for _ in range(runs):
             for path in results:
                 page.goto(f"{stack.url}{path}")

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
 from controlplane import pages
-from controlplane.tenancy import services
+from controlplane.tenancy import secrets, services
 from controlplane.tenancy.api.base import scope_to_user
 from controlplane.tenancy.api.serializers import (
     MembershipSerializer,
@@ -151,6 +151,7 @@ def project_quotas(request: HttpRequest, project_id: int) -> HttpResponse:
 
 #: The session key that holds a new token's secret until the page after the POST shows it.
 NEW_TOKEN = "cp-new-token"  # noqa: S105 (a session key's name, not a secret)
+NEW_TOKEN_SHOWN_FOR = 300  # seconds: a redirect never followed leaves nothing readable
 
 
 @login_required
@@ -170,7 +171,8 @@ def tokens(request: HttpRequest) -> HttpResponse:
             token, raw = services.create_token(
                 actor_for(request), request.user, valid["name"], valid.get("expires_at")
             )
-            request.session[NEW_TOKEN] = {"id": token.pk, "secret": raw}
+            # Sealed: the session is a database row, and only the digest may be kept there.
+            request.session[NEW_TOKEN] = {"id": token.pk, "secret": secrets.seal(raw)}
             return redirect("tokens-page")
         except (APIException, ServiceError) as exc:
             errors = pages.error_lines(exc)
@@ -178,7 +180,8 @@ def tokens(request: HttpRequest) -> HttpResponse:
     created = None
     if request.method == "GET" and (new := request.session.pop(NEW_TOKEN, None)):
         token = rows.filter(pk=new["id"]).first()
-        created = {"token": token, "secret": new["secret"]} if token else None
+        raw = secrets.unseal(new["secret"], max_age=NEW_TOKEN_SHOWN_FOR)
+        created = {"token": token, "secret": raw} if token and raw else None
     response = render(
         request,
         "tenancy/tokens.html",

@@ -12,7 +12,6 @@ with ``rebuild(job_id)``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 
 from django.db import connection, transaction
 
@@ -149,9 +148,5 @@ def buckets(
         n = sum(r[0] for r in chunk)
         step, at = chunk[-1][2], max(r[3] for r in chunk)
         mean = sum(r[1] for r in chunk) / n
-        out.append([step, mean, _unix(at)] if with_time else [step, mean])
+        out.append([step, mean, at.timestamp()] if with_time else [step, mean])
     return out
-
-
-def _unix(at: datetime) -> float:
-    return at.timestamp()

@@ -34,6 +34,20 @@ def _fernet() -> Fernet:
     return Fernet(base64.urlsafe_b64encode(digest))
 
 
+def seal(text: str) -> str:
+    """``text`` encrypted under the secrets key, for a value that must pass through the
+    database on its way (a new API token's secret held in the session for one page)."""
+    return _fernet().encrypt(text.encode()).decode()
+
+
+def unseal(sealed: str, max_age: int) -> str | None:
+    """What ``seal`` sealed at most ``max_age`` seconds ago, or None."""
+    try:
+        return _fernet().decrypt(sealed.encode(), ttl=max_age).decode()
+    except InvalidToken:
+        return None
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise SecretError(

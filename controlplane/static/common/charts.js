@@ -45,7 +45,7 @@ CP.metricCharts = function (container, options) {
       yaxis: {type: view.log ? "log" : "linear"}, hovermode: "x unified",
       showlegend: Object.keys(charts[metric].runs).length > 1, legend: {orientation: "h", y: -0.25}};
   }
-  function draw(metric) { charts[metric].drawn = true; Plotly.react(charts[metric].div, traces(metric), layout(metric), {displaylogo: false, responsive: true}); }
+  function draw(metric) { Plotly.react(charts[metric].div, traces(metric), layout(metric), {displaylogo: false, responsive: true}); }
   function flush() {
     timer = null;
     for (const m of dirty) if (!seen || near.has(m)) { draw(m); dirty.delete(m); }
@@ -63,7 +63,7 @@ CP.metricCharts = function (container, options) {
       const sorted = Object.keys(charts).concat([metric]).sort();
       const before = charts[sorted[sorted.indexOf(metric) + 1]];
       container.insertBefore(div, before ? before.div : null);
-      charts[metric] = {div: div, runs: {}, drawn: false};
+      charts[metric] = {div: div, runs: {}};
       if (seen) seen.observe(div);
     }
     return charts[metric];
@@ -77,7 +77,7 @@ CP.metricCharts = function (container, options) {
       for (const p of points) have.push(p);
       if (have.length > MAX_POINTS) have.splice(0, have.length - MAX_POINTS);
       dirty.add(metric);
-      schedule(c.drawn ? 200 : 0);
+      schedule(c.div.classList.contains("js-plotly-plot") ? 200 : 0);  // drawn: batch updates
     },
     bindControls(form) {
       if (!form) return;
