@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
-from controlplane import pages
+from controlplane import pages, time_ranges
 from controlplane.tenancy import secrets, services
 from controlplane.tenancy.api.base import scope_to_user
 from controlplane.tenancy.api.serializers import (
@@ -33,7 +33,7 @@ from controlplane.usage import project_usage
 from jobs.models import Job
 from jobs.states import JOB_TERMINAL
 
-RANGES = (1, 7, 30, 90)
+USAGE_RANGES = ("24h", "7d", "30d", "90d")
 QUOTA_FIELDS = ("max_gpus", "max_concurrent_jobs", "max_requests_per_minute", "max_storage_bytes")
 
 
@@ -67,13 +67,16 @@ def project_list(request: HttpRequest) -> HttpResponse:
 def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     project = _project(request, project_id)
     role = pages.role_in(request.user, project.pk)
-    days = int(request.GET["days"]) if request.GET.get("days", "").isdigit() else 7
-    days = days if days in RANGES else 7
+    picker = time_ranges.picker(request, USAGE_RANGES, "7d")
+    if "range" not in request.GET and request.GET.get("days") in {"1", "7", "30", "90"}:
+        key = "24h" if request.GET["days"] == "1" else f"{request.GET['days']}d"  # older links
+        picker["current"] = time_ranges.RANGES[key]
+    days = picker["current"].days
     is_admin = role == Role.ADMIN
     return render(
         request,
         "tenancy/project.html",
-        {"project": project, "role": role, "is_admin": is_admin, "days": days, "ranges": RANGES,
+        {"project": project, "role": role, "is_admin": is_admin, "time_range": picker,
          "members": project.memberships.select_related("user").order_by("user__username"),
          "roles": Role.values, "usage": project_usage(project, days),
          "secrets": project.secrets.order_by("name").values_list("name", flat=True),

@@ -12,8 +12,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils import timezone
 
-from controlplane import pages
+from controlplane import pages, time_ranges
 from controlplane.tenancy.api.base import scope_to_user
 from controlplane.tenancy.models import Project, Role, role_at_least
 from jobs import queries
@@ -95,8 +96,19 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         {"job": job, "detail": detail, "attempts": _attempts(job), "checkpoints": checkpoints,
          "scalars": queries.scalars(job), "can_act": pages.can(request.user, job.project_id),
          "uses_gpus": job.gpus_per_node > 0, "terminal": job.state in JOB_TERMINAL,
-         "spec_yaml": pages.spec_yaml(job.spec)},
+         "spec_yaml": pages.spec_yaml(job.spec), "time_range": _time_range(request, job)},
     )  # fmt: skip
+
+
+def _time_range(request: HttpRequest, job: Job) -> dict:
+    """The GPU charts' range picker. Its ranges end when the job ended (now while it runs);
+    by default the shortest that covers the whole run."""
+    keys = time_ranges.TELEMETRY
+    end = job.finished_at or timezone.now()
+    ran = (end - job.started_at).total_seconds() if job.started_at else 0
+    picker = time_ranges.picker(request, keys, time_ranges.covering(ran, keys), live=True)
+    picker["end"] = job.finished_at.timestamp() if job.finished_at else None
+    return picker
 
 
 def _attempts(job: Job) -> list:

@@ -3,8 +3,11 @@
 - ``gpus/{id}/telemetry/?from=&to=&step=``: a GPU's history (mean and max per step);
 - ``workers/{id}/telemetry/?from=&to=&step=``: a host's history;
 - ``jobs/{id}/telemetry/``: a job's energy and GPU usage (per host and total, kept after
-  it ends) and its GPUs' current readings -- members of its project only;
-- ``telemetry/``: the latest sample of every online host.
+  it ends) and its GPUs' current readings -- members of its project only; with a range
+  (``from``/``to``/``step``), also each of its GPUs' utilization and power over it;
+- ``telemetry/``: the latest sample of every online host;
+- ``telemetry/history/?from=&to=&step=``: each host's mean GPU utilization (CPU where it
+  has no GPU) over a range: the cluster page's chart.
 
 ``from``/``to`` are ISO 8601 times or Unix seconds (default: the last hour); ``step`` is
 seconds per point (default: what gives at most ~720 points). Hosts and GPUs are shared
@@ -157,20 +160,33 @@ class JobTelemetryView(APIView):
     """A job's energy (J and kWh) and GPU usage, per host and in total, and the current
     readings of the GPUs it holds."""
 
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(parameters=RANGE_PARAMETERS, responses=OpenApiTypes.OBJECT)
     def get(self, request: Request, job_id: int) -> Response:
         job = get_object_or_404(
             scope_to_user(Job.objects.all(), request.user, "project"), pk=job_id
         )
         snapshot = queries.holder_snapshot("job", job.pk)
-        return Response(
-            {
-                "job": job.pk,
-                "state": job.state,
-                "usage": snapshot["usage"],
-                "samples": snapshot["samples"],
-            }
-        )
+        body = {
+            "job": job.pk,
+            "state": job.state,
+            "usage": snapshot["usage"],
+            "samples": snapshot["samples"],
+        }
+        if {"from", "to", "step"} & set(request.query_params):
+            r = _range(request)
+            history = queries.job_series(job.pk, r["start"], r["end"], r["step"])
+            body["history"] = _envelope(r, gpus=history)
+        return Response(body)
+
+
+class ClusterTelemetryView(APIView):
+    """Each host's mean GPU utilization over a range, or its CPU where it has no GPU:
+    ``{"hosts": [{"id", "name", "kind": "GPU"|"CPU", "points": [[t, percent], ...]}]}``."""
+
+    @extend_schema(parameters=RANGE_PARAMETERS, responses=OpenApiTypes.OBJECT)
+    def get(self, request: Request) -> Response:
+        r = _range(request)
+        return Response(_envelope(r, hosts=queries.cluster_series(r["start"], r["end"], r["step"])))
 
 
 class LatestTelemetryView(APIView):

@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Model
+from django.db.models import F, FloatField, Func, Model, Q, Sum, Value
+from django.db.models.functions import Floor
 
 from controlplane.cluster.models import Gpu, Worker
 from controlplane.tenancy.api.base import scope_to_user
@@ -220,3 +221,65 @@ def host_series(worker: Worker, start: datetime, end: datetime, step: int) -> li
 
 def object_or_none(model: type[Model], pk: int) -> Any:
     return model.objects.filter(pk=pk).first()
+
+
+class _Epoch(Func):
+    """A time as Unix seconds, computed by the database."""
+
+    template = "EXTRACT(EPOCH FROM %(expressions)s)"
+    output_field = FloatField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list]:
+        # '%s' is a parameter to the driver: the format's '%' reaches SQLite doubled twice.
+        template = "CAST(STRFTIME('%%%%s', %(expressions)s) AS REAL)"
+        return super().as_sql(compiler, connection, template=template, **extra)
+
+
+def _weighted_series(
+    rows: Any, field: str, step: int, keys: tuple[str, ...]
+) -> dict[tuple, list[list[float | None]]]:
+    """Per ``keys``: [[t, mean of ``field`` weighted by samples], ...] over ``step``-second
+    buckets, bucketed and averaged in the database (one row per key and point)."""
+    weight = Sum("n", filter=Q(**{f"{field}__isnull": False}))
+    grouped = (
+        rows.annotate(bucket=Floor(_Epoch("t") / Value(float(step))))
+        .values(*keys, "bucket")
+        .annotate(total=Sum(F(field) * F("n"), output_field=FloatField()), weight=weight)
+        .order_by(*keys, "bucket")
+    )
+    series: dict[tuple, list[list[float | None]]] = defaultdict(list)
+    for row in grouped:
+        mean = round(row["total"] / row["weight"], 3) if row["weight"] else None
+        series[tuple(row[k] for k in keys)].append([int(row["bucket"]) * step, mean])
+    return series
+
+
+def cluster_series(start: datetime, end: datetime, step: int) -> list[dict[str, Any]]:
+    """Each host's mean GPU utilization over the range (its CPU where it has no GPU)."""
+    gpu = _weighted_series(
+        GpuHistory.objects.filter(t__gte=start, t__lt=end), "util_mean", step, ("worker_id",)
+    )
+    cpu = _weighted_series(
+        HostHistory.objects.filter(t__gte=start, t__lt=end), "cpu_mean", step, ("worker_id",)
+    )
+    ids = {key[0] for key in gpu} | {key[0] for key in cpu}
+    names = dict(Worker.objects.filter(pk__in=ids).values_list("pk", "name"))
+    hosts = []
+    for worker_id in sorted(i for i in ids if i in names):
+        kind, points = (
+            ("GPU", gpu[(worker_id,)]) if (worker_id,) in gpu else ("CPU", cpu[(worker_id,)])
+        )
+        hosts.append({"id": worker_id, "name": names[worker_id], "kind": kind, "points": points})
+    return hosts
+
+
+def job_series(job_id: int, start: datetime, end: datetime, step: int) -> list[dict[str, Any]]:
+    """The utilization and power of each GPU while ``job_id`` held it, over the range."""
+    rows = GpuHistory.objects.filter(job_id=job_id, t__gte=start, t__lt=end)
+    keys = ("worker__name", "index")
+    util = _weighted_series(rows, "util_mean", step, keys)
+    power = _weighted_series(rows, "power_mean", step, keys)
+    return [
+        {"host": host, "index": index, "util": util[(host, index)], "power": power[(host, index)]}
+        for host, index in sorted(util, key=lambda k: (k[0] or "", k[1]))
+    ]

@@ -12,6 +12,9 @@ pages = [
 
 api_v1 = [
     path("telemetry/", api.LatestTelemetryView.as_view(), name="telemetry-latest"),
+    path(
+        "telemetry/history/", api.ClusterTelemetryView.as_view(), name="telemetry-cluster-history"
+    ),
     path("gpus/<int:gpu_id>/telemetry/", api.GpuTelemetryView.as_view(), name="gpu-telemetry"),
     path(
         "workers/<int:worker_id>/telemetry/",

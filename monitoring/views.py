@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.cache import never_cache
 
+from controlplane import time_ranges
 from controlplane.cluster.models import Gpu, Worker
 from controlplane.tenancy.auth import bearer_from_header, client_ip
 from monitoring import exporter, queries
@@ -74,8 +75,14 @@ def cluster_page(request: HttpRequest) -> HttpResponse:
             "hosts": hosts,
             "gpu_count": sum(len(h["gpus"]) for h in hosts),
             "interval": settings.TELEMETRY_INTERVAL,
+            "time_range": _picker(request),
         },
     )
+
+
+def _picker(request: HttpRequest) -> dict[str, Any]:
+    """The telemetry pages' range picker: 15 min is the live window, longer is history."""
+    return time_ranges.picker(request, time_ranges.TELEMETRY, "15m", live=True)
 
 
 def _page(worker: Worker, gpu: Gpu | None) -> dict[str, Any]:
@@ -96,7 +103,13 @@ def host_page(request: HttpRequest, worker_id: int) -> HttpResponse:
     return render(
         request,
         "monitoring/host.html",
-        {"host": host, "worker": worker, "gpu": None, "page": _page(worker, None)},
+        {
+            "host": host,
+            "worker": worker,
+            "gpu": None,
+            "page": _page(worker, None),
+            "time_range": _picker(request),
+        },
     )
 
 
@@ -115,6 +128,7 @@ def gpu_page(request: HttpRequest, gpu_id: int) -> HttpResponse:
             "gpu": gpu,
             "reading": reading,
             "page": _page(gpu.worker, gpu),
+            "time_range": _picker(request),
         },
     )
 

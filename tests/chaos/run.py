@@ -118,6 +118,30 @@ def _live_tags() -> Counter:
     return counts
 
 
+def _describe_leftovers() -> list[tuple[str, str]]:
+    """(tag, what it is) for each live job process: its state, age and ancestors."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status", "create_time", "ppid"]):
+        cmdline = proc.info["cmdline"] or []
+        if "workers.guard" in cmdline or not any(p.endswith("steps.py") for p in cmdline):
+            continue
+        if "--tag" not in cmdline[:-1]:
+            continue
+        chain = []
+        try:
+            for parent in proc.parents()[:4]:
+                chain.append(f"{parent.pid}:{parent.status()}:{' '.join(parent.cmdline())[:80]}")
+        except psutil.Error:
+            pass
+        age = time.time() - proc.info["create_time"]
+        line = (
+            f"pid {proc.pid} {proc.info['status']} age {age:.0f}s; "
+            f"parents {' <- '.join(chain) or 'none'}"
+        )
+        found.append((cmdline[cmdline.index("--tag") + 1], line))
+    return found
+
+
 class Watch(threading.Thread):
     """Every 0.2 s: the most live processes each job had at once."""
 
@@ -427,6 +451,14 @@ class Chaos:
             wait_for(lambda: not _live_tags(), 20, "no job process left")
         except AssertionError:
             figures.leftover_processes = sum(_live_tags().values())
+            by_tag = {job.tag: job for job in self.jobs}
+            for tag, line in _describe_leftovers():
+                job = by_tag.get(tag)
+                key = job.id if job else -1
+                runs = attempts(self.stack, job.id) if job else []
+                note = json.dumps([[r["state"], r["reason"], [n["worker"] for n in r["nodes"]]]
+                                   for r in runs])  # fmt: skip
+                figures.notes[key] = f"left behind: {line}\nattempts: {note}"
 
     def close(self) -> None:
         self.stack.close()

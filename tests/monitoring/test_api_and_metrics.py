@@ -116,6 +116,55 @@ def test_a_jobs_energy_is_its_projects_business(history, cast, api):
     assert api(cast.dave).get(f"/api/v1/jobs/{job.pk}/telemetry/").status_code == 404
 
 
+def test_cluster_history_averages_each_host_in_the_database(history, cast, api):
+    worker, _, _ = history
+    cpu_only = host("hist-cpu", gpus=0)
+    services.record_history(
+        cpu_only.pk,
+        {"gpus": [], "host": {"t": T0 + timedelta(seconds=20), "step": 10, "n": 5,
+                              "cpu_mean": 40.0}},
+    )  # fmt: skip
+    services.record_history(
+        cpu_only.pk,
+        {"gpus": [], "host": {"t": T0 + timedelta(seconds=30), "step": 10, "n": 15,
+                              "cpu_mean": 80.0}},
+    )  # fmt: skip
+    start = T0.timestamp()
+    response = api(cast.dave).get(
+        "/api/v1/telemetry/history/", {"from": start, "to": start + 600, "step": 60}
+    )
+    assert response.status_code == 200, response.content
+    hosts = {h["name"]: h for h in response.json()["hosts"]}
+    gpu_host = hosts["hist-host"]
+    assert gpu_host["kind"] == "GPU" and gpu_host["id"] == worker.pk
+    assert [p[0] for p in gpu_host["points"]] == [start + 60 * k for k in range(10)]
+    assert gpu_host["points"][0][1] == pytest.approx(2.5)  # mean of 0..5
+    assert gpu_host["points"][9][1] == pytest.approx(56.5)  # mean of 54..59
+    # A host without a GPU: its CPU, weighted by the samples in each bucket.
+    assert hosts["hist-cpu"]["kind"] == "CPU"
+    assert hosts["hist-cpu"]["points"] == [[start, pytest.approx(70.0)]]
+    bad = api(cast.dave).get("/api/v1/telemetry/history/", {"step": "0"})
+    assert bad.status_code == 400 and "step" in bad.json()
+
+
+def test_a_jobs_gpu_history_over_a_range(history, cast, api):
+    _, _, job = history
+    start = T0.timestamp()
+    response = api(cast.carol).get(
+        f"/api/v1/jobs/{job.pk}/telemetry/", {"from": start, "to": start + 300, "step": 100}
+    )
+    assert response.status_code == 200, response.content
+    [gpu] = response.json()["history"]["gpus"]
+    assert gpu["host"] == "hist-host" and gpu["index"] == 0
+    assert gpu["util"] == [[start, pytest.approx(4.5)], [start + 100, pytest.approx(14.5)],
+                           [start + 200, pytest.approx(24.5)]]  # fmt: skip
+    assert [p[1] for p in gpu["power"]] == [100.0, 100.0, 100.0]
+    assert "history" not in api(cast.carol).get(f"/api/v1/jobs/{job.pk}/telemetry/").json()
+    bad = api(cast.carol).get(f"/api/v1/jobs/{job.pk}/telemetry/", {"from": "soon"})
+    assert bad.status_code == 400 and "from" in bad.json()
+    assert api(cast.dave).get(f"/api/v1/jobs/{job.pk}/telemetry/", {"step": 60}).status_code == 404
+
+
 def metrics_of(text: str) -> dict[str, list]:
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 

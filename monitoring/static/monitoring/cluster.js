@@ -1,27 +1,85 @@
 // The cluster page: live GPU tiles of every host and a chart of each host's mean GPU
-// utilization (CPU where it has no GPU), extended with Plotly.extendTraces in a bounded
-// window. The page is server-rendered with the latest values; this keeps it live.
+// utilization (CPU where it has no GPU) over the shared range picker's range: the
+// history API's points first (/api/v1/telemetry/history/), then the last two minutes the
+// websocket snapshot carries, then live samples, averaged to one point per step of the
+// range (Plotly.extendTraces with a bounded window). The page is server-rendered with the
+// latest values; this keeps it live.
 (function () {
   "use strict";
   const interval = JSON.parse(document.getElementById("tm-interval").textContent);
-  const WINDOW = Math.max(60, Math.round(120 / interval));
   const chart = document.getElementById("cluster-chart");
-  const traces = {}, lastT = {};
+  const TITLE = "Utilization per host (%): GPU mean, or CPU for a host without a GPU";
+  const RECENT = 120;  // seconds of samples kept here, as the snapshot carries
+  let range = 900, step = CP.rangeStep(range, interval), generation = 0, loading = false;
+  let traces = {}, drawnT = {}, pending = {};
+  const recent = {}, names = {}, lastT = {};  // host id -> [[t, value, kind]], name, last sample t
   window.cpTelemetry = {samples: 0, dropped: 0};
-  Plotly.newPlot(chart, [], CPT.layout("Utilization per host (%): GPU mean, or CPU for a host without a GPU", {yaxis: {range: [0, 100], title: {text: "%"}}}), CPT.config);
 
+  function cap() { return Math.ceil(range / step) + 1; }
+  function reset() {
+    traces = {}; drawnT = {}; pending = {};
+    Plotly.react(chart, [], CPT.layout(TITLE, {yaxis: {range: [0, 100], title: {text: "%"}}}), CPT.config);
+  }
   // Each trace says what it plots: "<host> GPU" or "<host> CPU".
-  function traceFor(host, kind) {
-    if (!(host.id in traces)) {
-      Plotly.addTraces(chart, {x: [], y: [], name: host.name + " " + kind, mode: "lines", line: {width: 1.5}});
-      traces[host.id] = chart.data.length - 1;
+  function traceFor(id, kind) {
+    if (!(id in traces)) {
+      Plotly.addTraces(chart, {x: [], y: [], name: (names[id] || id) + " " + kind, mode: "lines", line: {width: 1.5}});
+      traces[id] = chart.data.length - 1;
     }
-    return traces[host.id];
+    return traces[id];
+  }
+  function draw(id, kind, points) {  // points: [[t seconds, value]], oldest first
+    const fresh = points.filter(p => !(drawnT[id] >= p[0]));
+    if (!fresh.length) return;
+    drawnT[id] = fresh[fresh.length - 1][0];
+    Plotly.extendTraces(chart, {x: [fresh.map(p => new Date(p[0] * 1000))], y: [fresh.map(p => p[1])]},
+      [traceFor(id, kind)], cap());
+  }
+  function drawRecent() {
+    for (const [id, points] of Object.entries(recent)) {
+      if (points.length) draw(id, points[points.length - 1][2], points);
+    }
+  }
+  async function loadRange(seconds) {
+    const mine = ++generation;
+    range = seconds; step = CP.rangeStep(seconds, interval);
+    reset();
+    loading = true;
+    const to = Date.now() / 1000, historyStep = Math.max(step, 10);
+    const q = "?from=" + (to - seconds).toFixed(0) + "&to=" + to.toFixed(0) + "&step=" + historyStep;
+    try {
+      const body = await (await fetch("/api/v1/telemetry/history/" + q)).json();
+      if (mine !== generation) return;  // another range was picked meanwhile
+      for (const h of body.hosts || []) {
+        names[h.id] = names[h.id] || h.name;
+        draw(h.id, h.kind, h.points);
+        // The last bucket covers up to historyStep seconds: what came after it is live.
+        if (h.points.length) drawnT[h.id] += historyStep - 1;
+      }
+    } finally {
+      if (mine === generation) { loading = false; if (step <= interval) drawRecent(); }
+    }
   }
   function hostValue(frame) {
     const utils = frame.gpus.filter(g => g.ok && g.util_gpu != null).map(g => g.util_gpu);
     if (!utils.length) return [frame.host_metrics.cpu, "CPU"];
     return [utils.reduce((a, b) => a + b, 0) / utils.length, "GPU"];
+  }
+  function remember(id, t, value, kind) {
+    const points = recent[id] = recent[id] || [];
+    points.push([t, value, kind]);
+    while (points.length && points[0][0] < t - RECENT) points.shift();
+  }
+  // A live sample: averaged into one point per step (each sample when step is the interval).
+  function addLive(id, t, value, kind) {
+    remember(id, t, value, kind);
+    if (loading) return;  // the history's points go first
+    const p = pending[id] = pending[id] || {t0: t, n: 0, sum: 0};
+    if (value != null) { p.n++; p.sum += value; }
+    if (t - p.t0 >= step - 1e-6 || step <= interval) {
+      draw(id, kind, [[t, p.n ? p.sum / p.n : null]]);
+      delete pending[id];
+    }
   }
   function section(frame) {
     let el = document.querySelector('.tm-host[data-host="' + frame.host.id + '"]');
@@ -49,26 +107,28 @@
   }
   function onMessage(msg) {
     if (msg.type === "snapshot") {
-      const names = {};
       for (const w of msg.workers) names[w.id] = w.name;
       for (const [id, points] of Object.entries(msg.recent)) {
-        if (!points.length) continue;
-        const kind = points.some(p => p.gpu_util != null) ? "GPU" : "CPU";
-        const idx = traceFor({id: Number(id), name: names[id] || id}, kind);
-        const ys = points.map(p => p.gpu_util != null ? p.gpu_util : p.cpu);
-        Plotly.extendTraces(chart, {x: [points.map(p => new Date(p.t * 1000))], y: [ys]}, [idx], WINDOW);
+        for (const p of points) {
+          const gpu = p.gpu_util != null;
+          if (!(lastT[id] >= p.t)) remember(id, p.t, gpu ? p.gpu_util : p.cpu, gpu ? "GPU" : "CPU");
+        }
       }
-      for (const frame of msg.hosts) { render(frame); lastT[frame.host.id] = frame.t; }
+      for (const frame of msg.hosts) { render(frame); lastT[frame.host.id] = Math.max(lastT[frame.host.id] || 0, frame.t); }
+      if (!loading && step <= interval) drawRecent();
     } else if (msg.type === "sample") {
       if (lastT[msg.host.id] >= msg.t) return;  // already in the snapshot
       lastT[msg.host.id] = msg.t;
+      names[msg.host.id] = msg.host.name;
       window.cpTelemetry.samples++;
       render(msg);
       const [value, kind] = hostValue(msg);
-      Plotly.extendTraces(chart, {x: [[new Date(msg.t * 1000)]], y: [[value]]}, [traceFor(msg.host, kind)], WINDOW);
+      addLive(msg.host.id, msg.t, value, kind);
     } else if (msg.type === "dropped") {
       window.cpTelemetry.dropped = msg.total;
     }
   }
+  const opened = CP.timeRange((seconds) => loadRange(seconds));
+  loadRange(opened ? opened.seconds : 900);
   CPT.connect("/ws/telemetry/", onMessage, document.getElementById("conn"));
 })();

@@ -1,5 +1,5 @@
 // A host's page (or one GPU's): live charts of utilization, memory, power, temperature
-// and clocks per GPU and of the host, with 15 min / 1 h / 24 h ranges. The 15 min range
+// and clocks per GPU and of the host, over the shared range picker's ranges. The 15 min range
 // starts from the recent window the websocket snapshot carries; longer ranges from the
 // history API. Live samples are appended with Plotly.extendTraces, at most one point per
 // step of the range, so every trace stays bounded.
@@ -74,6 +74,7 @@
     for (const [id, ys] of Object.entries(values)) {
       pending.sums[id] = (pending.sums[id] || ys.map(() => null)).map((s, i) => ys[i] == null ? s : (s || 0) + ys[i]);
     }
+    if (loading) return;  // the history's points come first: live ones go after them
     if (frame.t - pending.t0 >= step - 1e-6 || step <= page.interval) {
       const out = {};
       for (const [id, sums] of Object.entries(pending.sums)) out[id] = sums.map(s => s == null ? null : s / pending.n);
@@ -81,16 +82,23 @@
       pending = {};
     }
   }
+  let loading = false, generation = 0;
   async function loadHistory(seconds) {
+    const mine = ++generation;
     range = seconds;
     const to = Date.now() / 1000, from = to - seconds;
-    step = seconds <= 900 ? Math.max(page.interval, 1) : (seconds <= 3600 ? 10 : 60);
+    step = CP.rangeStep(seconds, page.interval);
     setup(gpus);
-    if (seconds <= 900) { replayRecent(); return; }
+    loading = seconds > 900;
+    if (!loading) { replayRecent(); return; }
+    try { await drawHistory(from, to, () => mine === generation); } finally { if (mine === generation) loading = false; }
+  }
+  async function drawHistory(from, to, current) {
     const q = "?from=" + from.toFixed(0) + "&to=" + to.toFixed(0) + "&step=" + step;
     const host = await (await fetch("/api/v1/workers/" + page.worker_id + "/telemetry/" + q)).json();
     const perGpu = await Promise.all(gpus.map(i => page.gpu_ids[i]
       ? fetch("/api/v1/gpus/" + page.gpu_ids[i] + "/telemetry/" + q).then(r => r.json()) : {points: []}));
+    if (!current()) return;  // another range was picked meanwhile
     for (const [id, [, , field, scale]] of Object.entries(GPU_CHARTS)) {
       if (!charts[id]) continue;
       const update = {x: [], y: []};
@@ -154,7 +162,7 @@
       recent = recent.concat(entries).slice(-900);
       if (!lastT) {
         setup(frame ? gpuList(frame) : []);
-        if (range <= 900) replayRecent();
+        if (range <= 900) replayRecent(); else loadHistory(range);
       } else if (range <= 900) {
         for (const e of entries) append(e.t, valuesFromRecent(e));
       }
@@ -177,11 +185,7 @@
     for (const g of frame.gpus) out[g.index] = [0, 1, 2, 3, 4, 5].map(k => g[LIVE_FIELD[k]]);
     return out;
   }
-  for (const button of document.querySelectorAll("#ranges button")) {
-    button.addEventListener("click", () => {
-      for (const b of document.querySelectorAll("#ranges button")) b.classList.toggle("on", b === button);
-      loadHistory(Number(button.dataset.range));
-    });
-  }
+  const opened = CP.timeRange((seconds) => loadHistory(seconds));
+  if (opened) { range = opened.seconds; step = CP.rangeStep(range, page.interval); }
   CPT.connect("/ws/telemetry/hosts/" + page.worker_id + "/", onMessage, document.getElementById("conn"));
 })();
