@@ -252,6 +252,23 @@ def test_the_history_api_serves_what_the_agent_wrote(stack):
     assert bad.status_code == 400 and "step" in bad.json()
 
 
+#: Seconds between a chart's first two points (null before it has two). Waits take a
+#: function ("() => ..."): a bare expression is re-evaluated by eval, which the CSP blocks.
+SPACING = (
+    "(id) => { const d = document.getElementById(id).data;"
+    " const x = d && d.length ? d[0].x : [];"
+    " return x.length > 1 ? (new Date(x[1]) - new Date(x[0])) / 1000 : null; }"
+)
+
+
+def picker_labels(page) -> list[str]:
+    return page.locator("nav.time-range a").all_inner_texts()
+
+
+def on_range(page) -> str:
+    return page.locator("nav.time-range a.on").get_attribute("data-range")
+
+
 @pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)"
 )
@@ -287,7 +304,7 @@ def test_a_real_browser_sees_the_cluster_chart_move_and_the_jobs_energy(stack):
             read = "() => { const d = document.getElementById('cluster-chart').data;" \
                    " return d && d.length ? [d[0].x.length, String(d[0].x[d[0].x.length - 1])," \
                    " d[0].y[d[0].y.length - 1]] : null; }"  # fmt: skip
-            page.wait_for_function(f"({read})() !== null && ({read})()[0] > 2", timeout=15000)
+            page.wait_for_function(f"() => ({read})() !== null && ({read})()[0] > 2", timeout=15000)
             first = page.evaluate(read)
             page.wait_for_timeout(1500)
             second = page.evaluate(read)
@@ -296,6 +313,16 @@ def test_a_real_browser_sees_the_cluster_chart_move_and_the_jobs_energy(stack):
             assert all(n.endswith(" GPU") for n in names), names  # says what it plots
             assert page.locator("#conn").inner_text() == "live"
             page.screenshot(path=str(ARTIFACTS / "telemetry-cluster.png"), full_page=True)
+            # The shared range picker: 1 h redraws the chart from history at 10 s a point,
+            # in place, and the URL says so (a view can be shared).
+            ranges = picker_labels(page)
+            assert ranges == ["15 min", "1 h", "6 h", "24 h", "7 days"], ranges
+            page.click("nav.time-range a[data-range='1h']")
+            assert "range=1h" in page.url and on_range(page) == "1h"
+            page.wait_for_function(f"() => ({SPACING})('cluster-chart') >= 9", timeout=20000)
+            page.goto(f"{stack.url}/telemetry/?range=1h")
+            assert on_range(page) == "1h"  # rendered by the server
+            page.wait_for_function(f"() => ({SPACING})('cluster-chart') >= 9", timeout=20000)
 
             beta = stack.jobs["beta"]
             page.goto(f"{stack.url}/jobs/{beta}/")
@@ -304,15 +331,16 @@ def test_a_real_browser_sees_the_cluster_chart_move_and_the_jobs_energy(stack):
                 " && document.getElementById('job-util').data?.[0]?.x.length > 1",
                 timeout=15000,
             )
+            assert picker_labels(page) == ranges  # the same picker
             page.screenshot(path=str(ARTIFACTS / "telemetry-job.png"), full_page=True)
             page.goto(f"{stack.url}/telemetry/hosts/{stack.worker['id']}/")
             page.wait_for_function(
                 "() => document.getElementById('chart-util').data?.[0]?.x.length > 1", timeout=15000
             )
-            page.click("#ranges button[data-range='3600']")
-            page.wait_for_function(
-                "() => document.getElementById('chart-util').data?.[0]?.x.length > 1", timeout=15000
-            )
+            assert picker_labels(page) == ranges and on_range(page) == "15m"
+            page.click("nav.time-range a[data-range='1h']")
+            assert "range=1h" in page.url and on_range(page) == "1h"
+            page.wait_for_function(f"() => ({SPACING})('chart-util') >= 9", timeout=20000)
             page.screenshot(path=str(ARTIFACTS / "telemetry-host.png"), full_page=True)
             browser.close()
     finally:

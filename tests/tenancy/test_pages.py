@@ -4,6 +4,8 @@ forms answer with the API's messages and roles; another project is a 404."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -72,8 +74,18 @@ def test_usage_counts_device_hours_per_day_in_the_range(cast, submit):
     assert sum(d["cpu_hours"] for d in usage["daily"]) == pytest.approx(50.0)
     assert usage["daily"][-1]["gpu_hours"] == pytest.approx(4.0) and len(usage["daily"]) == 7
     assert usage["jobs_by_state"] == {"SUCCEEDED": 1, "RUNNING": 1}
-    page = login(cast.bob).get(f"/projects/{cast.alpha.pk}/?days=30").content.decode()
-    assert 'id="usage-daily"' in page and "30 days" in page
+    bob = login(cast.bob)
+
+    def chosen(query: str) -> tuple[str, int]:
+        """The range the picker marks and how many days the usage chart has."""
+        page = bob.get(f"/projects/{cast.alpha.pk}/{query}").content.decode()
+        on = re.search(r'data-range="(\w+)"[^>]*class="on"', page).group(1)
+        daily = json.loads(page.split('id="usage-daily" type="application/json">')[1].split("<")[0])
+        return on, len(daily)
+
+    assert chosen("?range=30d") == ("30d", 30)
+    assert chosen("?days=1") == ("24h", 1)  # links from before the shared picker
+    assert chosen("?range=forever") == ("7d", 7) and chosen("") == ("7d", 7)
 
 
 def test_a_token_is_shown_once_then_works_and_revoking_stops_it(cast):
