@@ -490,6 +490,10 @@ JOB_STOP_GRACE_SECONDS = env_float("CP_JOB_STOP_GRACE_SECONDS", 30.0, minimum=0.
 JOB_RESTART_BACKOFF = env_float("CP_JOB_RESTART_BACKOFF", 1.0, minimum=0.0)
 JOB_RESTART_BACKOFF_MAX = env_float("CP_JOB_RESTART_BACKOFF_MAX", 60.0, minimum=0.0)
 JOB_LOG_CAP_BYTES = env_int("CP_JOB_LOG_CAP_BYTES", 20 * 1024 * 1024, minimum=1024)
+# A job's outputs kept from its working directory when a node ends (besides the project's
+# storage quota): at most this many bytes and files.
+JOB_OUTPUTS_MAX_BYTES = env_int("CP_JOB_OUTPUTS_MAX_BYTES", 10 * 1024**3, minimum=0)
+JOB_OUTPUTS_MAX_FILES = env_int("CP_JOB_OUTPUTS_MAX_FILES", 10_000, minimum=0)
 MODEL_UPLOAD_MAX_BYTES = env_int("CP_MODEL_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1024)
 # An upload may unpack to at most this many times its own size (decompression bombs), and
 # never so far that the storage disk keeps less than CP_STORAGE_MIN_FREE_BYTES free.

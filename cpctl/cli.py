@@ -5,6 +5,7 @@ cpctl submit job.yaml --dir . --follow
 cpctl jobs --state RUNNING
 cpctl logs -f 42
 cpctl cancel 42
+cpctl outputs 42 [--get results.json | --all] [-o FILE]
 cpctl workers
 cpctl deploy chat --model tiny --replicas 2; cpctl generate chat "Hello"  (see deployments.py)
 """
@@ -154,6 +155,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
         since = page["next"]
 
 
+def cmd_outputs(args: argparse.Namespace) -> int:
+    """List a job's outputs, or download one (``--get PATH``) or all (``--all``, .tar.gz)."""
+    client = Client(load_settings(args.url, args.token))
+    base = f"/api/v1/jobs/{args.job}/outputs/"
+    if args.get or args.all:
+        default = args.get.rsplit("/", 1)[-1] if args.get else f"job{args.job}-outputs.tar.gz"
+        target = Path(args.output or default)
+        if args.get:
+            size = client.download(base + "file/", target, path=args.get)
+        else:
+            size = client.download(base + "archive/", target)
+        print(f"Wrote {target} ({size} bytes)")
+        return 0
+    listed = client.get(base)
+    rows = [[f["path"], f["size"], f["modified"][:19]] for f in listed["files"]]
+    print(_table(rows, ["PATH", "BYTES", "MODIFIED"]))
+    more = " (the list is cut: --all has them all)" if listed["truncated"] else ""
+    print(f"{listed['count']} file(s), {listed['total_bytes']} bytes{more}")
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     client = Client(load_settings(args.url, args.token))
     job = client.post(f"/api/v1/jobs/{args.job}/cancel/")
@@ -232,6 +254,13 @@ def parser() -> argparse.ArgumentParser:
     attempts = sub.add_parser("attempts", help="a job's attempts and what each ran in")
     attempts.add_argument("job", type=int)
     attempts.set_defaults(run=cmd_attempts)
+    outs = sub.add_parser("outputs", help="list or download a job's outputs")
+    outs.add_argument("job", type=int)
+    which = outs.add_mutually_exclusive_group()
+    which.add_argument("--get", metavar="PATH", help="download this file")
+    which.add_argument("--all", action="store_true", help="download them all as a .tar.gz")
+    outs.add_argument("-o", "--output", help="where to write it (default: its name)")
+    outs.set_defaults(run=cmd_outputs)
     cancel = sub.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job", type=int)
     cancel.set_defaults(run=cmd_cancel)

@@ -86,6 +86,28 @@ class Client:
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs)
 
+    def download(self, url: str, target: Path, **params: Any) -> int:
+        """Stream a GET's body into ``target`` (written whole or not at all); its bytes."""
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with self.http.stream("GET", url, params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(_explain(response))
+                size = 0
+                with open(partial, "wb") as out:
+                    for data in response.iter_bytes():
+                        out.write(data)
+                        size += len(data)
+        except httpx.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            raise ApiError(f"Cannot reach {self.settings.url}: {exc}") from None
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise ApiError(f"Cannot write {target}: {exc.strerror}") from None
+        partial.replace(target)
+        return size
+
 
 def pack_directory(directory: Path) -> bytes:
     """A tar.gz of a working directory (without VCS, caches and virtualenvs)."""

@@ -85,6 +85,8 @@ class NodePlan:
     kind: str = JobKind.TRAINING
     mounts: list[str] | None = None  # server paths the workload may read
     service_key: str = ""  # a service (replica) requires it from its callers
+    output_dir: str = ""  # the job's outputs: kept after it ends (CP_OUTPUT_DIR)
+    outputs: list[str] | None = None  # working-directory dirs kept as outputs at the end
 
 
 def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
@@ -153,6 +155,8 @@ def claim_node(attempt_id: int, rank: int, worker_name: str) -> NodePlan | None:
         kind=job.kind,
         mounts=list(job.mounts or []),
         service_key=service_key if job.kind == JobKind.REPLICA else "",
+        output_dir=str(storage.output_root(job.pk)),
+        outputs=list((job.spec or {}).get("outputs", ["outputs"])),
     )
 
 

@@ -75,6 +75,9 @@ class Job(models.Model):
     model_metrics = models.JSONField(default=dict, blank=True)
     log_bytes = models.BigIntegerField(default=0)
     log_truncated = models.BooleanField(default=False)
+    outputs_bytes = models.BigIntegerField(
+        default=0, help_text="Bytes its outputs take (counted against the storage quota)."
+    )
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -118,6 +118,24 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def storage_left(project_id: int) -> int | None:
+    """Bytes the project may still store (None: no quota)."""
+    from controlplane.tenancy.models import Project
+    from serving.services import quota_left  # serving builds on jobs: imported late
+
+    return quota_left(Project.objects.get(pk=project_id))
+
+
+def record_outputs_size(job_id: int, size: int, fence: Fence | None = None) -> bool:
+    """What the job's outputs take now (a node measured them as it ended)."""
+    with transaction.atomic():
+        if not holds(fence):
+            return False
+        Job.objects.filter(pk=job_id).update(outputs_bytes=size)
+    events.send(job_id, {"type": "outputs", "bytes": size})
+    return True
+
+
 def record_checkpoint(
     job_id: int,
     attempt_id: int | None,

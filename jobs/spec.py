@@ -28,6 +28,7 @@ from rest_framework import serializers
 
 from controlplane.tenancy import secrets
 from controlplane.tenancy.api.common import StrictSerializer
+from jobs import expansion
 from jobs.states import PRIORITY_BY_NAME
 
 MAX_NODES = 64
@@ -289,6 +290,8 @@ class CheckpointPolicySerializer(StrictSerializer):
 
 TAG = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,31}$"
 MAX_TAGS = 16
+MAX_OUTPUTS = 16
+OUTPUT_PATH = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]*$")
 
 
 def encode_tags(tags: list[str]) -> str:
@@ -333,17 +336,43 @@ class JobSpecSerializer(StrictSerializer):
         help_text="Labels to find and group jobs by (the jobs list filters on them).",
     )
 
+    outputs = serializers.ListField(
+        child=serializers.CharField(max_length=255),
+        max_length=MAX_OUTPUTS,
+        required=False,
+        help_text="Directories of the working directory kept as the job's outputs when a "
+        "node ends (default: outputs/), besides what it writes to ${CP_OUTPUT_DIR}.",
+    )
+
     def validate_env(self, env: dict[str, str]) -> dict[str, str]:
         if len(env) > 256:
             raise serializers.ValidationError("At most 256 variables.")
-        for name in env:
+        for name, value in env.items():
             if not ENV_NAME.match(name):
                 raise serializers.ValidationError(f"{name!r} is not a valid variable name.")
             if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
                 raise serializers.ValidationError(
                     f"{name} is set by the launcher; a job cannot override it."
                 )
+            if isinstance(value, str) and (why := expansion.problem(value)):
+                raise serializers.ValidationError(f"{name}: {why}")
         return env
+
+    def validate_args(self, args: list[str]) -> list[str]:
+        for i, arg in enumerate(args):
+            if why := expansion.problem(arg):
+                raise serializers.ValidationError(f"argument {i}: {why}")
+        return args
+
+    def validate_outputs(self, outputs: list[str]) -> list[str]:
+        for path in outputs:
+            parts = path.strip("/").split("/")
+            if not OUTPUT_PATH.match(path) or any(p in {"", ".", ".."} for p in parts):
+                raise serializers.ValidationError(
+                    f"{path!r}: a directory relative to the working directory "
+                    "(letters, digits, '.', '_', '-', '/'; no '..')."
+                )
+        return list(dict.fromkeys(p.strip("/") for p in outputs))
 
     def validate_tags(self, tags: list[str]) -> list[str]:
         return list(dict.fromkeys(tags))  # in order, once each

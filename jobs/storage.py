@@ -4,6 +4,8 @@ NFS, like Determined's shared_fs checkpoint storage).
     code/<uuid>/                   uploaded working directories, unpacked at submit
     jobs/<id>/checkpoints/<step>/  checkpoints (the SDK writes them, atomically)
     jobs/<id>/attempts/<n>/node<r> each node's working directory (a copy of the code)
+    jobs/<id>/outputs/             its outputs (CP_OUTPUT_DIR, and the declared working-
+                                   directory dirs copied in when a node ends)
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ def job_root(job_id: int) -> Path:
 
 def checkpoint_root(job_id: int) -> Path:
     return job_root(job_id) / "checkpoints"
+
+
+def output_root(job_id: int) -> Path:
+    return job_root(job_id) / "outputs"
 
 
 def work_dir(job_id: int, attempt: int, rank: int) -> Path:

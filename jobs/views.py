@@ -17,7 +17,7 @@ from django.utils import timezone
 from controlplane import pages, time_ranges
 from controlplane.tenancy.api.base import scope_to_user
 from controlplane.tenancy.models import Project, Role, role_at_least
-from jobs import queries
+from jobs import output_files, queries
 from jobs.api.serializers import AttemptSerializer, CheckpointSerializer, JobDetailSerializer
 from jobs.forms import JobFilterForm
 from jobs.models import Job, LogChunk
@@ -96,8 +96,20 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         {"job": job, "detail": detail, "attempts": _attempts(job), "checkpoints": checkpoints,
          "scalars": queries.scalars(job), "can_act": pages.can(request.user, job.project_id),
          "uses_gpus": job.gpus_per_node > 0, "terminal": job.state in JOB_TERMINAL,
-         "spec_yaml": pages.spec_yaml(job.spec), "time_range": _time_range(request, job)},
+         "spec_yaml": pages.spec_yaml(job.spec), "time_range": _time_range(request, job),
+         "outputs": _outputs(job)},
     )  # fmt: skip
+
+
+OUTPUTS_SHOWN = 200
+
+
+def _outputs(job: Job) -> dict:
+    """The first files of the job's outputs (the archive link has them all)."""
+    files, total, _ = output_files.listing(job.pk)
+    return {"files": files[:OUTPUTS_SHOWN], "count": len(files), "total": total,
+            "more": max(0, len(files) - OUTPUTS_SHOWN),
+            "declared": (job.spec or {}).get("outputs", ["outputs"])}  # fmt: skip
 
 
 def _time_range(request: HttpRequest, job: Job) -> dict:

@@ -272,10 +272,11 @@ def _upload_name(path: PurePosixPath) -> str:
 
 
 def storage_used(project: Project) -> int:
-    """Bytes the project's model versions and its jobs' checkpoints take."""
+    """Bytes the project's model versions, its jobs' checkpoints and outputs take."""
     versions = ModelVersion.objects.filter(model__project=project).aggregate(s=Sum("size_bytes"))
     checkpoints = Checkpoint.objects.filter(job__project=project).aggregate(s=Sum("size_bytes"))
-    return (versions["s"] or 0) + (checkpoints["s"] or 0)
+    outputs = Job.objects.filter(project=project).aggregate(s=Sum("outputs_bytes"))
+    return (versions["s"] or 0) + (checkpoints["s"] or 0) + (outputs["s"] or 0)
 
 
 def quota_left(project: Project) -> int | None:

@@ -37,11 +37,11 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from controlplane.tenancy import secrets as project_secrets
-from jobs import lifecycle, outputs
+from jobs import expansion, lifecycle, outputs
 from jobs.lifecycle import NodePlan
 from jobs.spec import secret_refs
 from jobs.states import JobKind, StopReason
-from workers import host
+from workers import artifacts, host
 from workers.guard import FENCED_EXIT
 from workers.lease import LeaseKeeper, fence_after
 from workers.runtime import containers, environments, sandbox
@@ -151,6 +151,7 @@ def build_env(
             "CP_CHECKPOINT_DIR": plan.checkpoint_dir,
             "CP_EVENTS_FILE": str(events_file),
             "CP_WORK_DIR": plan.work_dir,
+            "CP_OUTPUT_DIR": plan.output_dir,
             "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in plan.gpu_indices),
         }
     )
@@ -293,6 +294,8 @@ class NodeRun:
             outcome = self._supervise(EventTail(work / ".cp-events.jsonl"))
         finally:
             self._release()
+        if not outcome.fenced and not self.self_fenced and outcome.exit_code != FENCED_EXIT:
+            self._keep_outputs(work)
         if outcome.exit_code == FENCED_EXIT and not self.self_fenced:
             self.self_fenced = "its guard stopped it: no lease renewal came in time"
         if self.self_fenced and not outcome.fenced:
@@ -316,6 +319,7 @@ class NodeRun:
         image), in its sandbox, under the guard."""
         plan = self.plan
         assert plan is not None
+        secret_vars = {k for k, v in plan.env.items() if isinstance(v, dict)}
         if refs := secret_refs(plan.env):  # project secrets: into this environment only
             try:
                 values = project_secrets.reveal(plan.project_id, refs)
@@ -324,11 +328,18 @@ class NodeRun:
             plan.env = {
                 k: values[v["secret"]] if isinstance(v, dict) else v for k, v in plan.env.items()
             }
+        # ${CP_OUTPUT_DIR} and the like, in the spec's env (a secret's value is left as it
+        # is) and args: the job's own directories.
+        dirs = {"CP_CHECKPOINT_DIR": plan.checkpoint_dir, "CP_WORK_DIR": plan.work_dir,
+                "CP_OUTPUT_DIR": plan.output_dir}  # fmt: skip
+        plan.env = {k: v if k in secret_vars else expansion.expand(v, dirs)
+                    for k, v in plan.env.items()}  # fmt: skip
+        plan.args = [expansion.expand(a, dirs) for a in plan.args]
         events = work / ".cp-events.jsonl"
         image = plan.environment.get("image", "")
         uid = sandbox.uid_for_project(plan.project_id) if sandbox.enabled() or image else None
-        ckpt = Path(plan.checkpoint_dir)
-        sandbox.give_to(uid, work, ckpt)
+        ckpt, out = Path(plan.checkpoint_dir), Path(plan.output_dir)
+        sandbox.give_to(uid, work, ckpt, out)
         described: dict = {"sandbox": settings.SANDBOX, "uid": uid}
         if image:
             described.update(kind="image", image=image, runtime=containers.describe())
@@ -344,7 +355,7 @@ class NodeRun:
                 name=self.container,
                 env=env,
                 work_dir=work,
-                mounts=[ckpt],
+                mounts=[ckpt, out],
                 gpu_indices=plan.gpu_indices,
                 host_network=plan.nodes > 1,
                 uid=uid,
@@ -371,7 +382,7 @@ class NodeRun:
         mounts = [Path(p) for p in plan.mounts or [] if Path(p).is_absolute()]
         layout = sandbox.Layout(
             work_dir=work,
-            writable=[ckpt],
+            writable=[ckpt, out],
             readable=([venv] if venv else []) + mounts,
             # Serving workloads run the control plane's own engine (serving/).
             packages=["serving"] if plan.kind != JobKind.TRAINING else [],
@@ -468,7 +479,30 @@ class NodeRun:
         else:
             work.mkdir(parents=True)
         Path(plan.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        Path(plan.output_dir).mkdir(parents=True, exist_ok=True)
         return work
+
+    def _keep_outputs(self, work: Path) -> None:
+        """Rank 0 keeps the declared working-directory dirs as the job's outputs (before it
+        says the node ended, so they are there when the job is), and measures them."""
+        plan = self.plan
+        assert plan is not None
+        if plan.rank != 0 or plan.kind == JobKind.REPLICA:
+            return
+        try:
+            left = outputs.storage_left(plan.project_id)
+            budget = settings.JOB_OUTPUTS_MAX_BYTES if left is None else max(0, left)
+            declared = plan.outputs or []
+            kept = artifacts.collect(
+                work, declared, Path(plan.output_dir),
+                min(budget, settings.JOB_OUTPUTS_MAX_BYTES), settings.JOB_OUTPUTS_MAX_FILES,
+            )  # fmt: skip
+            if kept.files or kept.left_out:
+                self._flush_logs([kept.summary(declared).encode()])
+            size = artifacts.tree_size(Path(plan.output_dir))
+            outputs.record_outputs_size(plan.job_id, size, fence=self._fence)
+        except Exception:
+            log.warning("could not keep the outputs of job %s", plan.job_id, exc_info=True)
 
     # --- supervise ---------------------------------------------------------------------
 

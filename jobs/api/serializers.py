@@ -115,7 +115,7 @@ class JobDetailSerializer(JobSerializer):
     attempt = serializers.SerializerMethodField(help_text="The latest attempt.")
 
     class Meta(JobSerializer.Meta):
-        fields = [*JobSerializer.Meta.fields, "attempt", "spec"]
+        fields = [*JobSerializer.Meta.fields, "attempt", "spec", "outputs_bytes"]
 
     def get_attempt(self, job: Job) -> dict | None:
         attempt = job.attempts.order_by("-number").prefetch_related("nodes").first()

@@ -4,11 +4,19 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from jobs.api.attempt_views import AttemptCheckpointsView, AttemptMetricsView, AttemptView
+from jobs.api.output_views import OutputArchiveView, OutputFileView, OutputListView
 from jobs.api.views import JobViewSet
 
 router = SimpleRouter()
 router.register("jobs", JobViewSet, basename="job")
 urlpatterns = [
+    path("jobs/<int:job_id>/outputs/", OutputListView.as_view(), name="job-outputs"),
+    path("jobs/<int:job_id>/outputs/file/", OutputFileView.as_view(), name="job-output-file"),
+    path(
+        "jobs/<int:job_id>/outputs/archive/",
+        OutputArchiveView.as_view(),
+        name="job-outputs-archive",
+    ),
     *router.urls,
     path("attempt/", AttemptView.as_view(), name="attempt"),
     path("attempt/metrics/", AttemptMetricsView.as_view(), name="attempt-metrics"),

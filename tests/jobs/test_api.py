@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 
 from jobs import outputs, scheduler, storage
 from jobs.models import Job
@@ -74,6 +74,12 @@ def nothing_created() -> None:
         ),
         ({"name": "x", "entrypoint": BUILTIN, "env": {"CP_TOKEN": "x"}}, "env", "launcher"),
         ({"name": "x", "entrypoint": BUILTIN, "env": {"1BAD": "x"}}, "env", "variable name"),
+        ({"name": "x", "entrypoint": BUILTIN, "env": {"A": "${HOME}/x"}}, "env", "not expanded"),
+        ({"name": "x", "entrypoint": BUILTIN, "env": {"A": "${CP_WORK_DIR"}}, "env", "only"),
+        ({"name": "x", "entrypoint": BUILTIN, "args": ["--o", "${OUT}"]}, "args", "argument 1"),
+        ({"name": "x", "entrypoint": BUILTIN, "outputs": ["../up"]}, "outputs", "no '..'"),
+        ({"name": "x", "entrypoint": BUILTIN, "outputs": ["/abs"]}, "outputs", "relative"),
+        ({"name": "x", "entrypoint": BUILTIN, "outputs": ["."]}, "outputs", "relative"),
         ({"name": "x", "entrypoint": BUILTIN, "gpus": 2}, "gpus", "Unknown field"),
         ({"name": "x", "entrypoint": BUILTIN, "max_restarts": -1}, "max_restarts", ""),
         ({"name": "x", "entrypoint": BUILTIN, "tags": ["a,b"]}, "tags", "at most 32"),
@@ -245,3 +251,48 @@ def test_checkpoints_show_their_id_and_a_path_relative_to_the_storage_root(cast,
     assert shown["id"] == made.pk
     assert shown["path"] == f"jobs/{job['id']}/checkpoints/step-3"
     assert str(storage.root()) not in str(bob.get(f"/api/v1/jobs/{job['id']}/").json())
+
+
+def test_outputs_are_listed_and_served_to_the_project_only(cast, api, cluster):
+    from jobs import storage
+    from serving.services import storage_used
+
+    bob = api(cast.bob)
+    made = bob.post(
+        "/api/v1/jobs/",
+        {"name": "x", "project": "alpha", "entrypoint": BUILTIN, "outputs": ["outputs", "runs/"]},
+    ).json()
+    assert made["spec"]["outputs"] == ["outputs", "runs"]
+    root = storage.output_root(made["id"])
+    (root / "outputs" / "deep").mkdir(parents=True)
+    (root / "outputs" / "deep" / "a.bin").write_bytes(b"a" * 300)
+    (root / "top.json").write_text("{}")
+    (root / "secret-link").symlink_to("/etc/hostname")
+    (root / "dir-link").symlink_to("/etc", target_is_directory=True)
+    outputs.record_outputs_size(made["id"], 302)
+    base = f"/api/v1/jobs/{made['id']}/outputs/"
+    carol = api(cast.carol)  # a viewer reads them too
+    listed = carol.get(base).json()
+    assert [(f["path"], f["size"]) for f in listed["files"]] == [
+        ("outputs/deep/a.bin", 300), ("top.json", 2)
+    ]  # fmt: skip
+    assert listed["total_bytes"] == 302 and not listed["truncated"]
+    assert [f["path"] for f in carol.get(base, {"prefix": "outputs/"}).json()["files"]] == [
+        "outputs/deep/a.bin"
+    ]
+    assert carol.get(base + "file/", {"path": "outputs/deep/a.bin"}).status_code == 200
+    for path in ("secret-link", "dir-link/hostname", "nope.txt"):
+        assert carol.get(base + "file/", {"path": path}).status_code == 404, path
+    for path in ("../../x", "/etc/hostname", "a//b", ""):
+        bad = carol.get(base + "file/", {"path": path})
+        assert bad.status_code == 400 and "path" in bad.json(), path
+    assert carol.get(base + "archive/", {"prefix": "../"}).status_code == 400
+    assert carol.get(base, {"bogus": "1"}).status_code == 400
+    for url in (base, base + "file/?path=top.json", base + "archive/"):
+        assert api(cast.dave).get(url).status_code == 404  # another project's job
+    assert storage_used(cast.alpha) == 302 and storage_used(cast.beta) == 0
+    browser = Client()
+    browser.force_login(cast.carol)
+    page = browser.get(f"/jobs/{made['id']}/").content.decode()
+    assert f"{base}file/?path=outputs/deep/a.bin" in page and f"{base}archive/" in page
+    assert "2 files" in page and "secret-link" not in page

@@ -1,0 +1,86 @@
+"""Experiments with users' own code end to end (issue 14): the spec's ``${CP_*}``
+references, outputs kept after the job and served by the API."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from tests.e2e.stack import ROOT
+from tests.e2e.test_jobs import TERMINAL, job, jobs_stack, logs, submit, wait_state
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack():
+    yield from jobs_stack()
+
+
+def cpctl(stack, *args: str) -> subprocess.CompletedProcess:
+    env = {"CP_URL": stack.url, "CP_TOKEN": stack.token, "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "cpctl", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_jobs_outputs_are_kept_listed_and_downloadable(stack, tmp_path):
+    submitted = submit(
+        stack,
+        name="outputs",
+        entrypoint=["python", "writes_outputs.py"],
+        args=["--output_dir", "outputs", "--cache_dir", "${CP_WORK_DIR}/cache"],
+        env={"RESULTS_FILE": "${CP_OUTPUT_DIR}/results.json"},
+    )
+    job_id = submitted["id"]
+    done = wait_state(stack, job_id, TERMINAL)
+    output = logs(stack, job_id)
+    assert done["state"] == "SUCCEEDED", output
+    # ${CP_WORK_DIR} became the node's own working directory (an absolute path).
+    cache = output.split("cache_dir=")[1].split()[0]
+    assert cache.startswith("/") and cache.endswith(f"jobs/{job_id}/attempts/1/node0/cache")
+    assert "hostname-link: a symbolic link, not followed" in output
+
+    listed = stack.api.get(f"/api/v1/jobs/{job_id}/outputs/").json()
+    paths = {f["path"]: f["size"] for f in listed["files"]}
+    assert paths == {"outputs/model.txt": 7, "outputs/sub/notes.txt": 1000, "results.json": 17}
+    assert listed["total_bytes"] == 1024 and job(stack, job_id)["outputs_bytes"] == 1024
+
+    one = stack.api.get(f"/api/v1/jobs/{job_id}/outputs/file/", params={"path": "results.json"})
+    assert one.status_code == 200 and one.json() == {"accuracy": 0.5}
+    assert 'filename="results.json"' in one.headers["content-disposition"]
+    archive = stack.api.get(f"/api/v1/jobs/{job_id}/outputs/archive/")
+    assert archive.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert set(members) == set(paths) and members["outputs/model.txt"] == b"weights"
+    link = stack.api.get(
+        f"/api/v1/jobs/{job_id}/outputs/file/", params={"path": "outputs/hostname-link"}
+    )
+    assert link.status_code == 404
+
+    listing = cpctl(stack, "outputs", str(job_id))
+    assert listing.returncode == 0 and "outputs/sub/notes.txt" in listing.stdout
+    assert "3 file(s), 1024 bytes" in listing.stdout
+    got = cpctl(stack, "outputs", str(job_id), "--get", "outputs/model.txt", "-o",
+                str(tmp_path / "m.txt"))  # fmt: skip
+    assert got.returncode == 0 and (tmp_path / "m.txt").read_text() == "weights"
+    everything = cpctl(stack, "outputs", str(job_id), "--all", "-o", str(tmp_path / "all.tgz"))
+    assert everything.returncode == 0 and tarfile.is_tarfile(tmp_path / "all.tgz")
+    missing = cpctl(stack, "outputs", str(job_id), "--get", "nope.txt", "-o", str(tmp_path / "n"))
+    assert missing.returncode == 1 and "no output file" in missing.stderr
+    assert not (tmp_path / "n").exists() and not list(tmp_path.glob(".n*"))
+
+
+def test_an_unknown_reference_is_refused_at_submit(stack):
+    response = stack.api.post(
+        "/api/v1/jobs/",
+        json={"name": "typo", "entrypoint": ["python", "x.py"], "env": {"A": "${CP_OUTPUTDIR}"}},
+    )
+    assert response.status_code == 400
+    assert "${CP_OUTPUTDIR} is not expanded" in response.json()["env"][0]
