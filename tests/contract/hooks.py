@@ -15,13 +15,25 @@ from typing import Any
 import schemathesis
 from schemathesis.core.failures import Failure
 
-_TELEMETRY = ("GET /api/v1/workers/{worker_id}/telemetry/", "GET /api/v1/gpus/{id}/telemetry/")
+_TELEMETRY = (
+    "GET /api/v1/workers/{worker_id}/telemetry/",
+    "GET /api/v1/gpus/{id}/telemetry/",
+    "GET /api/v1/telemetry/history/",
+    "GET /api/v1/jobs/{job_id}/telemetry/",
+)
+_OUTPUTS = (
+    ("GET /api/v1/jobs/{job_id}/outputs/", "prefix"),
+    ("GET /api/v1/jobs/{job_id}/outputs/file/", "path"),
+    ("GET /api/v1/jobs/{job_id}/outputs/archive/", "prefix"),
+)
 
 #: (operation, field, words of the message): refusals the schema cannot foretell.
 UNSAYABLE: list[tuple[str, str, str]] = [
     # A range of at most 5000 points, and from before to: the two values against each other.
     *[(op, "step", "points.") for op in _TELEMETRY],
     *[(op, "from", "must be before") for op in _TELEMETRY],
+    # A path inside a job's outputs: no '..', '.' or empty parts (as the listing shows).
+    *[(op, field, "is not a path inside") for op, field in _OUTPUTS],
     # Against the clock.
     ("POST /api/v1/tokens/", "expires_at", "in the future"),
     ("PATCH /api/v1/tokens/{id}/", "expires_at", "in the future"),
