@@ -75,13 +75,17 @@ def record_metrics(
     values: dict[str, Any],
     total: int | None = None,
     fence: Fence | None = None,
+    source: str = "",
 ) -> list[Metric]:
-    """Store one report (``step`` and named numbers); non-finite or odd values are dropped."""
+    """Store one report (``step`` and named numbers); non-finite or odd values are dropped.
+    ``source``: where it was read when not from the SDK ("tensorboard")."""
     clean = _clean_values(values)
     if not clean:
         return []
     now = timezone.now()
     progress = {"step": step, "metrics": clean, "time": now.isoformat()}
+    if source:
+        progress["source"] = source
     with transaction.atomic():
         if not holds(fence):
             return []
@@ -110,6 +114,29 @@ def record_metrics(
         {"type": "progress", "job": job_id, "step": step, "total": progress.get("total")},
     )
     return rows
+
+
+#: Progress read from a workload's output rather than reported through the SDK.
+READ_SOURCES = {"progress bar", "tensorboard"}
+
+
+def record_bar_progress(job_id: int, n: int, total: int, fence: Fence | None = None) -> bool:
+    """Progress read from the job's progress bar (tqdm), for a job that reports none
+    through the SDK: an SDK report (which has metrics) always wins."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not holds(fence):
+            return False
+        project_id, before = Job.objects.filter(pk=job_id).values_list("project_id", "progress")[0]
+        before = before or {}
+        if before.get("metrics") and before.get("source") not in READ_SOURCES:
+            return False  # the SDK reports it
+        progress = {"step": n, "total": total, "metrics": before.get("metrics") or {},
+                    "time": now.isoformat(), "source": "progress bar"}  # fmt: skip
+        Job.objects.filter(pk=job_id).update(progress=progress)
+    event = {"type": "progress", "job": job_id, "step": n, "total": total}
+    events.send(job_id, event, project_id=project_id)
+    return True
 
 
 def _size(path: Path) -> int:

@@ -41,9 +41,10 @@ from jobs import expansion, lifecycle, outputs
 from jobs.lifecycle import NodePlan
 from jobs.spec import secret_refs
 from jobs.states import JobKind, StopReason
-from workers import artifacts, host
+from workers import artifacts, host, tbevents
 from workers.guard import FENCED_EXIT
 from workers.lease import LeaseKeeper, fence_after
+from workers.logsplit import LogBuffer
 from workers.runtime import containers, environments, sandbox
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYTHONS = {"python", "python3"}
 LOG_FLUSH_SECONDS = 0.1
 LOG_CHUNK_BYTES = 32 * 1024
+BAR_PROGRESS_SECONDS = 2.0
+TB_POLL_SECONDS = 2.0
 PIDS_INTERVAL = 1.0  # how often the job's process list is refreshed (for telemetry)
 PASS_THROUGH = ("LD_LIBRARY_PATH", "CUDA_HOME", "TZ", "HF_HOME", "HF_HUB_OFFLINE")
 PASS_THROUGH_PREFIXES = ("NCCL_",)
@@ -139,6 +142,9 @@ def build_env(
     ifname = settings.WORKER_NET_IFNAME or ("lo" if is_loopback(address) else "")
     if ifname:
         env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = ifname
+    # The Hugging Face Trainer's TensorBoard logs (--report_to tensorboard) go with the
+    # job's outputs, where the launcher reads them as metrics; a spec may say elsewhere.
+    env["TENSORBOARD_LOGGING_DIR"] = str(Path(plan.output_dir) / "tensorboard")
     env.update(plan.env)
     env.update(
         {
@@ -224,6 +230,8 @@ class NodeRun:
         self.plan: NodePlan | None = None
         self.proc: subprocess.Popen | None = None
         self.lines: queue.Queue[bytes | None] = queue.Queue()
+        self._bar_sent: tuple[int, int] | None = None
+        self._bar_at = 0.0
         self.builder: environments.Builder | None = None  # holds the node's environment
         self.container = ""  # the node's container name, for an image job
         self.keeper: LeaseKeeper | None = None
@@ -507,18 +515,19 @@ class NodeRun:
     # --- supervise ---------------------------------------------------------------------
 
     def _read_output(self) -> None:
+        """Output as it comes (not line by line: a progress bar redraws without a \n)."""
         assert self.proc is not None and self.proc.stdout is not None
-        for line in iter(self.proc.stdout.readline, b""):
-            self.lines.put(line)
+        for data in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            self.lines.put(data)
         self.lines.put(None)
 
     def _supervise(self, tail: EventTail) -> Outcome:
         plan, proc, keeper = self.plan, self.proc, self.keeper
         assert plan is not None and proc is not None and keeper is not None
         threading.Thread(target=self._read_output, daemon=True).start()
-        buffer: list[bytes] = []
-        size = 0
-        last_flush = 0.0  # the first line after a quiet spell goes out at once
+        output = LogBuffer(LOG_CHUNK_BYTES, LOG_FLUSH_SECONDS)
+        watcher = self._event_watcher()
+        events_at = time.monotonic() + TB_POLL_SECONDS
         pids_at = time.monotonic() + PIDS_INTERVAL
         term_after, kill_after = fence_after()
         kill_at: float | None = None
@@ -532,19 +541,21 @@ class NodeRun:
                     pass
             else:
                 try:
-                    line = self.lines.get(timeout=LOG_FLUSH_SECONDS)
-                    if line is None:
+                    data = self.lines.get(timeout=LOG_FLUSH_SECONDS)
+                    if data is None:
                         output_done = True
                     else:
-                        buffer.append(line)
-                        size += len(line)
+                        output.add(data)
                 except queue.Empty:
                     pass
             now = time.monotonic()
-            if buffer and (size >= LOG_CHUNK_BYTES or now - last_flush >= LOG_FLUSH_SECONDS):
-                self._flush_logs(buffer)
-                buffer, size, last_flush = [], 0, now
+            if output.due(now):
+                self._flush_logs(output.take(now))
+                self._bar_progress(output.progress, now)
             self._handle_events(tail.read())
+            if watcher is not None and now >= events_at:
+                events_at = now + TB_POLL_SECONDS
+                self._record_tensorboard(watcher, now)
             if now >= pids_at:  # soon after start too, so telemetry attributes at once
                 pids_at = now + PIDS_INTERVAL
                 close_old_connections()  # drop a connection the database broke meanwhile
@@ -581,10 +592,48 @@ class NodeRun:
                 self._hard_stop()
             if output_done and proc.poll() is not None:
                 break
-        if buffer:
-            self._flush_logs(buffer)
+        self._flush_logs(output.end())
+        self._bar_progress(output.progress, None)
         self._handle_events(tail.read())
+        if watcher is not None:
+            self._record_tensorboard(watcher, time.monotonic() + tbevents.RESCAN_SECONDS)
         return Outcome(exit_code=proc.returncode)
+
+    def _event_watcher(self) -> tbevents.EventWatcher | None:
+        """Rank 0 of a training job reads the TensorBoard files its workload writes."""
+        plan = self.plan
+        assert plan is not None
+        if plan.rank != 0 or plan.kind != JobKind.TRAINING:
+            return None
+        return tbevents.EventWatcher([Path(plan.work_dir), Path(plan.output_dir)])
+
+    def _record_tensorboard(self, watcher: tbevents.EventWatcher, now: float) -> None:
+        plan = self.plan
+        assert plan is not None
+        try:
+            for step, values in sorted(watcher.poll(now).items()):
+                outputs.record_metrics(
+                    plan.job_id, plan.attempt, step, values, fence=self._fence,
+                    source="tensorboard",
+                )  # fmt: skip
+        except Exception:
+            log.warning("could not read the TensorBoard files of job %s", plan.job_id,
+                        exc_info=True)  # fmt: skip
+
+    def _bar_progress(self, progress: tuple[int, int] | None, now: float | None) -> None:
+        """Rank 0's tqdm bar, as the progress of a job that reports none through the SDK
+        (every few seconds while it changes, and at the end)."""
+        plan = self.plan
+        assert plan is not None
+        if plan.rank != 0 or progress is None or progress == self._bar_sent:
+            return
+        if now is not None and now - self._bar_at < BAR_PROGRESS_SECONDS:
+            return
+        self._bar_sent, self._bar_at = progress, now or time.monotonic()
+        try:
+            outputs.record_bar_progress(plan.job_id, *progress, fence=self._fence)
+        except Exception:
+            log.warning("could not record the progress of job %s", plan.job_id, exc_info=True)
 
     def _record_pids(self) -> None:
         """Tell the control plane which processes are this job's (when that changes)."""
@@ -624,6 +673,8 @@ class NodeRun:
     def _flush_logs(self, lines: list[bytes]) -> None:
         plan = self.plan
         assert plan is not None
+        if not lines:
+            return
         text = b"".join(lines).decode("utf-8", "replace")
         try:
             outputs.record_logs(plan.job_id, plan.attempt, plan.rank, text, fence=self._fence)

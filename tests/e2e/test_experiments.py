@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from tests.e2e.stack import ROOT
-from tests.e2e.test_jobs import TERMINAL, job, jobs_stack, logs, submit, wait_state
+from tests.e2e.test_jobs import TERMINAL, job, jobs_stack, logs, submit, wait_for, wait_state
 
 pytestmark = pytest.mark.e2e
 
@@ -84,3 +84,29 @@ def test_an_unknown_reference_is_refused_at_submit(stack):
     )
     assert response.status_code == 400
     assert "${CP_OUTPUTDIR} is not expanded" in response.json()["env"][0]
+
+
+def test_a_tqdm_bar_is_one_line_in_the_log_and_the_jobs_progress(stack):
+    submitted = submit(stack, name="bar", entrypoint=["python", "tqdm_loop.py"], args=["40"])
+    job_id = submitted["id"]
+    seen = []
+
+    def midway():
+        current = job(stack, job_id)
+        step = (current.get("progress") or {}).get("step")
+        if step is not None:
+            seen.append(step)
+        return current if current["state"] in TERMINAL else None
+
+    done = wait_for(midway, 90, "the bar's job to end", interval=0.2)
+    output = logs(stack, job_id)
+    assert done["state"] == "SUCCEEDED", output
+    assert done["progress"]["step"] == 40 and done["progress"]["total"] == 40
+    assert done["progress"]["source"] == "progress bar"
+    assert any(0 < s < 40 for s in seen), seen  # it moved while the job ran
+    # 40 redraws at 20 a second were stored as a few \r lines (at most one a second),
+    # then the finished bar as a line of its own.
+    redraws = output.count("\r")
+    assert 1 <= redraws <= 8, repr(output)
+    lines = output.split("\n")
+    assert lines[0] == "starting" and "40/40" in lines[1] and lines[2] == "finished", lines

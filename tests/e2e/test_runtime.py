@@ -22,6 +22,7 @@ from tests.e2e.test_jobs import (
     attempts,
     jobs_stack,
     logs,
+    metric,
     running_scripts,
     submit,
     wait_for,
@@ -267,7 +268,7 @@ def test_an_unmodified_hugging_face_trainer_script_runs_as_a_two_process_job(sta
         stack,
         name="hf-trainer",
         entrypoint=["python", "hf_trainer.py"],
-        args=["--max-steps", "4"],
+        args=["--max-steps", "4", "--output-dir", "outputs", "--report-to", "tensorboard"],
         resources={"procs_per_node": 2},
         environment={"pip": ["datasets", "accelerate"]},
     )
@@ -276,6 +277,17 @@ def test_an_unmodified_hugging_face_trainer_script_runs_as_a_two_process_job(sta
     assert done["state"] == "SUCCEEDED", output
     for rank in (0, 1):
         assert f"rank {rank} of 2: trained 4 steps" in output, output
+    # Issue 14: its TensorBoard scalars became the job's metrics, its tqdm bar its progress
+    # (and one line in the log), its output directory the job's outputs.
+    loss = metric(stack, submitted["id"], "train/loss")
+    assert [p[0] for p in loss] == [1, 2, 3, 4], loss
+    assert done["progress"]["step"] == 4 and done["progress"]["total"] == 4, done["progress"]
+    bars = [line for line in output.replace("\r", "\n").splitlines() if "it/s]" in line]
+    assert 1 <= len(bars) <= 8, bars  # not one per redraw
+    kept = stack.api.get(f"/api/v1/jobs/{submitted['id']}/outputs/").json()["files"]
+    paths = [f["path"] for f in kept]
+    assert any(p.startswith("tensorboard/") and "tfevents" in p for p in paths), paths
+    assert any(p.startswith("outputs/") for p in paths), paths
     [attempt] = attempts(stack, submitted["id"])
     names = {p.split("==")[0].lower() for p in attempt["environment"]["packages"]}
     assert {"datasets", "accelerate"} <= names

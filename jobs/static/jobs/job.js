@@ -31,12 +31,16 @@
     const response = await fetch("/jobs/" + jobId + "/attempts/", {credentials: "same-origin"});
     if (response.ok) document.querySelector("#attempts tbody").innerHTML = await response.text();
   }
+  // As a terminal shows it: a line ending in \r (a progress bar's redraw) is overwritten
+  // by whatever follows it; the last one stands until then.
+  function terminal(text) { return text.replace(/[^\r\n]*\r(?!\n|$)/g, "").replace(/\r$/, ""); }
   function renderLog() {
     const q = search.value.trim().toLowerCase();
     const counter = document.getElementById("log-matches");
-    if (!q) { logEl.textContent = logText; counter.textContent = ""; }
+    const shown = terminal(logText);
+    if (!q) { logEl.textContent = shown; counter.textContent = ""; }
     else {
-      const lines = logText.split("\n").filter((l) => l.toLowerCase().includes(q));
+      const lines = shown.split("\n").filter((l) => l.toLowerCase().includes(q));
       logEl.textContent = "";
       for (const line of lines) {
         const at = line.toLowerCase().indexOf(q), mark = document.createElement("mark");
@@ -99,6 +103,8 @@
       setState(msg);
     } else if (msg.type === "log") {
       appendLog([msg]);
+    } else if (msg.type === "progress") {
+      progress(msg);
     } else if (msg.type === "metrics") {
       if (msg.id && msg.id <= lastMetric) return;
       const t = msg.time ? Date.parse(msg.time) / 1000 : Date.now() / 1000;

@@ -17,6 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output-dir", default="out")
     parser.add_argument("--max-steps", type=int, default=4)
+    parser.add_argument("--report-to", default="none")
     args = parser.parse_args()
 
     corpus = f"corpus-{os.environ.get('LOCAL_RANK', '0')}.txt"  # ranks share the directory
@@ -48,11 +49,12 @@ def main() -> None:
         per_device_train_batch_size=4,
         logging_steps=1,
         save_strategy="no",
-        report_to=[],
+        report_to=[] if args.report_to == "none" else [args.report_to],
         use_cpu=True,
     )
     trainer = Trainer(model=model, args=training, train_dataset=data)
     result = trainer.train()
+    trainer.save_model()
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     print(
