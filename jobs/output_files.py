@@ -95,6 +95,19 @@ def open_output(job_id: int, path: str) -> tuple[IO[bytes], int] | None:
     return os.fdopen(fd, "rb"), info.st_size
 
 
+def model_dirs(job_id: int) -> list[str]:
+    """The directories of the outputs (top level, or the root as '') that hold a Hugging
+    Face model (a config.json): what the job page offers to register."""
+    root = storage.output_root(job_id)
+    if not root.is_dir():
+        return []
+    found = [""] if (root / "config.json").is_file() else []
+    for child in sorted(root.iterdir())[:100]:
+        if not child.is_symlink() and child.is_dir() and (child / "config.json").is_file():
+            found.append(child.name)
+    return found
+
+
 class _Chunks:
     """A write-only file whose writes are taken out as they come (tarfile's stream mode)."""
 

@@ -151,10 +151,12 @@ def register_checkpoint(request: HttpRequest, job_id: int) -> HttpResponse:
     job = _job(request, job_id)
     _member_or_403(request, job)
     name = (request.POST.get("model") or "").strip()
+    from_outputs = "outputs" in request.POST  # a directory of its outputs, not a checkpoint
     checkpoint = job.checkpoints.filter(pk=request.POST.get("checkpoint") or 0).first()
     actor = actor_for(request)
+    what = f"outputs/{request.POST['outputs']}" if from_outputs else "the checkpoint"
     try:
-        if checkpoint is None:
+        if checkpoint is None and not from_outputs:
             raise ServiceError("No such checkpoint of this job (pruned?).", "checkpoint")
         if not name or len(name) > 100:
             raise ServiceError("Name the model (up to 100 characters).", "model")
@@ -163,7 +165,10 @@ def register_checkpoint(request: HttpRequest, job_id: int) -> HttpResponse:
         if made:
             model = registry.create_model(actor, job.project, name)
         try:
-            version = registry.register_checkpoint(actor, model, checkpoint)
+            if from_outputs:
+                version = registry.register_outputs(actor, model, job, request.POST["outputs"])
+            else:
+                version = registry.register_checkpoint(actor, model, checkpoint)
         except BaseException:
             if made:  # no empty model left behind by a refused registration
                 model.delete()
@@ -172,9 +177,13 @@ def register_checkpoint(request: HttpRequest, job_id: int) -> HttpResponse:
         raise PermissionDenied(exc.message) from None
     except (APIException, ServiceError) as exc:
         for line in pages.error_lines(exc):
-            messages.error(request, f"Could not register the checkpoint: {line}")
+            messages.error(request, f"Could not register {what}: {line}")
         return redirect("job-page", job.pk)
-    messages.success(
-        request, f"Checkpoint at step {checkpoint.step} is {model.name} v{version.version}."
-    )
+    if from_outputs:
+        left = f" (left out: {len(version.notes.splitlines())} file(s))" if version.notes else ""
+        messages.success(request, f"Its {what} is {model.name} v{version.version}{left}.")
+    else:
+        messages.success(
+            request, f"Checkpoint at step {checkpoint.step} is {model.name} v{version.version}."
+        )
     return redirect("job-page", job.pk)

@@ -109,7 +109,8 @@ def _outputs(job: Job) -> dict:
     files, total, _ = output_files.listing(job.pk)
     return {"files": files[:OUTPUTS_SHOWN], "count": len(files), "total": total,
             "more": max(0, len(files) - OUTPUTS_SHOWN),
-            "declared": (job.spec or {}).get("outputs", ["outputs"])}  # fmt: skip
+            "declared": (job.spec or {}).get("outputs", ["outputs"]),
+            "models": output_files.model_dirs(job.pk)}  # fmt: skip
 
 
 def _time_range(request: HttpRequest, job: Job) -> dict:

@@ -73,11 +73,12 @@ class VersionSerializer(serializers.ModelSerializer):
             "parameter_count",
             "model_type",
             "metrics",
+            "notes",
             "created_at",
         ]
 
 
-@body_rules(one_of=("checkpoint", "job"))
+@body_rules(one_of=("checkpoint", "job"), exclusive=(("checkpoint", "outputs"),))
 class NewVersionSerializer(StrictSerializer):
     checkpoint = serializers.IntegerField(
         required=False, min_value=1, help_text="Register this checkpoint (its id)."
@@ -85,12 +86,20 @@ class NewVersionSerializer(StrictSerializer):
     job = serializers.IntegerField(
         required=False, min_value=1, help_text="Register this job's final model."
     )
+    outputs = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=1000,
+        help_text="With job: register this directory of its outputs ('' for all of them).",
+    )
 
     def validate(self, attrs: dict) -> dict:
-        if len(attrs) != 1:
+        if len({"checkpoint", "job"} & set(attrs)) != 1:
             raise serializers.ValidationError(
                 "Give one of: checkpoint, job (or upload an archive as multipart)."
             )
+        if "outputs" in attrs and "job" not in attrs:
+            raise serializers.ValidationError({"outputs": ["Name the job whose outputs."]})
         return attrs
 
 
@@ -186,7 +195,12 @@ class ModelViewSet(
                 job = jobs.filter(pk=serializer.validated_data["job"]).first()
                 if job is None:
                     raise Missing("No such job in your projects.", "job")
-                version = services.register_job_model(self.actor(), model, job)
+                if "outputs" in serializer.validated_data:
+                    version = services.register_outputs(
+                        self.actor(), model, job, serializer.validated_data["outputs"]
+                    )
+                else:
+                    version = services.register_job_model(self.actor(), model, job)
         return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(

@@ -35,6 +35,7 @@ class VersionSource(models.TextChoices):
     JOB = "job", "a job's final model"
     CHECKPOINT = "checkpoint", "a job's checkpoint"
     UPLOAD = "upload", "an uploaded archive"
+    OUTPUTS = "outputs", "a directory of a job's outputs"
 
 
 class ModelVersion(models.Model):
@@ -48,6 +49,7 @@ class ModelVersion(models.Model):
     parameter_count = models.BigIntegerField(default=0)
     model_type = models.CharField(max_length=64, blank=True, help_text="config.json model_type")
     metrics = models.JSONField(default=dict, blank=True)
+    notes = models.TextField(blank=True, help_text="What registering it left out, and why.")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

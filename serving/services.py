@@ -32,6 +32,7 @@ ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".jinja", ".md"}
 #: Training state that a checkpoint carries and a model version does not.
 TRAINING_ONLY = {"optimizer.safetensors", "trainer_state.json", "checkpoint.json"}
 TRAINING_DIRS = {"rng"}
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 MAX_UPLOAD_FILES = 1000
 
 
@@ -127,19 +128,35 @@ def _inspect(directory: Path) -> tuple[int, int, str]:
     return size, params, model_type
 
 
-def _copy_model_files(source: Path, dest: Path) -> None:
-    """Copy what serving needs (not optimizer/RNG state) into ``dest``, atomically."""
+def _left_out_why(path: Path) -> str:
+    if path.is_symlink():
+        return "a symbolic link"
+    if path.name in TRAINING_ONLY or path.name in TRAINING_DIRS:
+        return "training state, not needed to serve"
+    if path.is_dir():
+        return "a subdirectory"
+    if path.suffix in PICKLE_SUFFIXES:
+        return "a pickle: never loaded (weights must be .safetensors)"
+    return f"not a model file ({', '.join(sorted(ALLOWED_SUFFIXES))})"
+
+
+def _copy_model_files(source: Path, dest: Path) -> list[str]:
+    """Copy what serving needs (not optimizer/RNG state, never a pickle) into ``dest``,
+    atomically; what was left out, one line each."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dest.parent))
+    left_out = []
     try:
-        for path in source.iterdir():
-            if path.is_symlink() or path.name in TRAINING_ONLY or path.name in TRAINING_DIRS:
-                continue
-            if path.is_file() and path.suffix in ALLOWED_SUFFIXES:
+        for path in sorted(source.iterdir()):
+            usable = path.name not in TRAINING_ONLY and path.suffix in ALLOWED_SUFFIXES
+            if not path.is_symlink() and path.is_file() and usable:
                 shutil.copy2(path, tmp / path.name)
+            else:
+                left_out.append(f"{path.name}: {_left_out_why(path)}")
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return left_out
 
 
 @transaction.atomic
@@ -164,6 +181,7 @@ def _add_version(
     step: int | None = None,
     metrics: dict | None = None,
     copy: bool = True,
+    note_left_out: bool = False,
 ) -> ModelVersion:
     """Put ``source_dir`` in the registry as the next version of ``model``.
 
@@ -174,9 +192,10 @@ def _add_version(
     home.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=home))
     staged = staging / "model"
+    left_out: list[str] = []
     try:
         if copy:
-            _copy_model_files(source_dir, staged)
+            left_out = _copy_model_files(source_dir, staged)
         else:
             os.replace(source_dir, staged)
         try:
@@ -205,6 +224,7 @@ def _add_version(
                     parameter_count=params,
                     model_type=model_type,
                     metrics=metrics or {},
+                    notes="\n".join(left_out[:100]) if note_left_out else "",
                     created_by=actor.user,
                 )
                 record(
@@ -257,6 +277,29 @@ def register_job_model(actor: Actor, model: Model, job: Job) -> ModelVersion:
         step=(job.progress or {}).get("step"),
         metrics=job.model_metrics,
     )
+
+
+def register_outputs(actor: Actor, model: Model, job: Job, path: str) -> ModelVersion:
+    """A directory of a job's outputs (an HF Trainer's ``output_dir``, say) becomes a
+    version: its safetensors weights and JSON/tokenizer files; pickles and training state
+    are left out, and the version's notes say which."""
+    from jobs import output_files
+
+    require_role(actor, model.project, Role.MEMBER)
+    if job.project_id != model.project_id:
+        raise _invalid("job", "That job belongs to another project.")
+    try:
+        path = output_files.check_path(path, allow_empty=True)
+    except output_files.BadPath as exc:
+        raise _invalid("outputs", str(exc)) from None
+    root = storage.output_root(job.pk)
+    source = root / path if path else root
+    if source.is_symlink() or not source.is_dir() or not storage.is_inside(source, root):
+        raise _invalid("outputs", f"Job {job.pk} has no output directory {path or '.'!r}.")
+    return _add_version(
+        actor, model, source, VersionSource.OUTPUTS, job=job,
+        step=(job.progress or {}).get("step"), note_left_out=True,
+    )  # fmt: skip
 
 
 def _upload_name(path: PurePosixPath) -> str:

@@ -69,6 +69,49 @@ def test_a_checkpoint_becomes_a_version_without_its_training_state(cast, api, jo
     assert kept == {"config.json", "tokenizer.json", "model.safetensors"}
 
 
+def test_an_hf_trainer_output_directory_registers_without_its_pickles(cast, api, job):
+    out = hf_dir(
+        storage.output_root(job.pk) / "outputs",
+        extra={"training_args.bin": b"\x80\x04pickle", "rng_state.pth": b"\x80\x04",
+               "generation_config.json": b"{}"},
+    )  # fmt: skip
+    (out / "runs").mkdir()
+    (out / "link.safetensors").symlink_to(out / "model.safetensors")
+    bob = api(cast.bob)
+    model = bob.post("/api/v1/models/", {"name": "tiny", "project": "alpha"}).json()
+    url = f"/api/v1/models/{model['id']}/versions/"
+    created = bob.post(url, {"job": job.pk, "outputs": "outputs"}, format="json")
+    assert created.status_code == 201, created.json()
+    body = created.json()
+    assert body["source"] == "outputs" and body["job"] == job.pk and body["parameter_count"] == 16
+    kept = {p.name for p in Path(ModelVersion.objects.get().path).iterdir()}
+    assert kept == {"config.json", "tokenizer.json", "model.safetensors", "generation_config.json"}
+    notes = body["notes"].splitlines()
+    assert "training_args.bin: a pickle: never loaded (weights must be .safetensors)" in notes
+    assert any(n.startswith("rng_state.pth: a pickle") for n in notes)
+    assert "runs: a subdirectory" in notes and "link.safetensors: a symbolic link" in notes
+    for bad, field in (({"job": job.pk, "outputs": "../x"}, "outputs"),
+                       ({"job": job.pk, "outputs": "nope"}, "outputs"),
+                       ({"checkpoint": 1, "outputs": "outputs"}, "outputs")):  # fmt: skip
+        refused = bob.post(url, bad, format="json")
+        assert refused.status_code == 400 and field in json.dumps(refused.json()), refused.json()
+    assert ModelVersion.objects.count() == 1
+    other = api(cast.dave).post("/api/v1/models/", {"name": "mine", "project": "beta"}).json()
+    stolen = api(cast.dave).post(
+        f"/api/v1/models/{other['id']}/versions/", {"job": job.pk, "outputs": ""}, format="json"
+    )
+    assert stolen.status_code == 404  # another project's job
+    # The job page offers it, and registers it in one click.
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(cast.bob)
+    assert 'data-outputs="outputs"' in browser.get(f"/jobs/{job.pk}/").content.decode()
+    posted = browser.post(f"/jobs/{job.pk}/register/", {"outputs": "outputs", "model": "paged"})
+    assert posted.status_code == 302
+    assert Model.objects.get(name="paged").versions.get().source == "outputs"
+
+
 def test_uploads_take_only_safetensors_and_json(cast, api, tmp_path):
     bob = api(cast.bob)
     model = bob.post("/api/v1/models/", {"name": "up", "project": "alpha"}).json()
