@@ -8,7 +8,9 @@
 - ``progress_line`` is the bar being drawn now (tqdm writes ``\\r`` first, then the bar),
   so a quiet bar is still shown live;
 - ``tqdm_progress`` reads ``n/total`` from a tqdm line, for a job that reports no progress
-  of its own.
+  of its own. A bar with a label ("Map: ", "Writing model shards: ") is a phase; one
+  without (``tqdm(range(n))``, the Hugging Face Trainer's) is the main loop, and once one
+  has been seen only such bars count.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ MAX_LINE = 64 * 1024  # a longer run without a line end is cut (binary output, s
 _END = re.compile(rb"\r\n|\r|\n")
 # " 45%|████▌     | 45/100 [00:01<00:02, 30.0it/s]" (also "45/100 [..." with no bar)
 _TQDM = re.compile(r"(?:^|[|\s])(\d+)/(\d+) \[[0-9:?]+")
+_LABEL = re.compile(r"^\s*\S.*?:\s+\d+%\|")  # "Map:  50%|" (no label: " 50%|")
 
 
 class Splitter:
@@ -72,13 +75,22 @@ def collapse(segments: list[bytes]) -> list[bytes]:
 
 def tqdm_progress(segment: bytes) -> tuple[int, int] | None:
     """(n, total) from a tqdm progress line, else None."""
+    found = _bar(segment)
+    return found[:2] if found else None
+
+
+def _bar(segment: bytes) -> tuple[int, int, bool] | None:
+    """(n, total, whether the bar has a label)."""
     if b"/" not in segment or b"[" not in segment:
         return None
-    match = _TQDM.search(segment.decode("utf-8", "replace"))
+    text = segment.decode("utf-8", "replace")
+    match = _TQDM.search(text)
     if not match:
         return None
     n, total = int(match.group(1)), int(match.group(2))
-    return (n, total) if 0 <= n <= total and total > 0 else None
+    if not 0 <= n <= total or total <= 0:
+        return None
+    return n, total, bool(_LABEL.match(text))
 
 
 class LogBuffer:
@@ -96,17 +108,28 @@ class LogBuffer:
         self.last_redraw = 0.0
         self.redrawn: bytes | None = None  # the bar state stored last
         self.progress: tuple[int, int] | None = None
+        self.main_loop = False  # an unlabeled bar was seen: labeled ones no longer count
+
+    def _saw(self, segment: bytes) -> None:
+        found = _bar(segment)
+        if found is None:
+            return
+        n, total, labeled = found
+        if not labeled:
+            self.main_loop = True
+        if not labeled or not self.main_loop:
+            self.progress = (n, total)
 
     def add(self, data: bytes) -> None:
         for segment in self.splitter.feed(data):
             self.segments.append(segment)
             self.size += len(segment)
-            self.progress = tqdm_progress(segment) or self.progress
+            self._saw(segment)
 
     def _bar(self) -> bytes | None:
         current = self.splitter.progress_line()
         if current is not None:
-            self.progress = tqdm_progress(current) or self.progress
+            self._saw(current)
         return current
 
     def due(self, now: float) -> bool:
@@ -139,7 +162,7 @@ class LogBuffer:
         """Everything left, when the output has ended."""
         for segment in self.splitter.rest():
             self.segments.append(segment)
-            self.progress = tqdm_progress(segment) or self.progress
+            self._saw(segment)
         kept = collapse(self.segments)
         self.segments, self.size = [], 0
         return kept

@@ -281,7 +281,10 @@ def test_an_unmodified_hugging_face_trainer_script_runs_as_a_two_process_job(sta
     # (and one line in the log), its output directory the job's outputs.
     loss = metric(stack, submitted["id"], "train/loss")
     assert [p[0] for p in loss] == [1, 2, 3, 4], loss
-    assert done["progress"]["step"] == 4 and done["progress"]["total"] == 4, done["progress"]
+    assert done["progress"]["step"] == 4 and done["progress"]["total"] == 4, (
+        done["progress"],
+        output.replace("\r", "<CR>\n"),
+    )
     bars = [line for line in output.replace("\r", "\n").splitlines() if "it/s]" in line]
     assert 1 <= len(bars) <= 8, bars  # not one per redraw
     kept = stack.api.get(f"/api/v1/jobs/{submitted['id']}/outputs/").json()["files"]

@@ -84,3 +84,12 @@ def test_tensorboard_scalars_are_read_as_they_are_written_and_links_ignored(tmp_
     assert watcher.poll(now=1.0) == {3: {"train/loss": pytest.approx(0.1), "eval/accuracy": 0.75}}
     assert watcher.poll(now=2.0) == {}
     writer.close()
+
+
+def test_the_main_loops_bar_is_the_progress_not_a_labelled_phase_after_it():
+    buffer = LogBuffer(chunk_bytes=32768, flush_seconds=0.1)
+    buffer.add(b"Map: 100%|#####| 200/200 [00:00<00:00, 900it/s]\n")
+    assert buffer.progress == (200, 200)  # a phase counts while no main loop was seen
+    buffer.add(b"\r 50%|##   | 2/4 [00:00<00:00]\r100%|#####| 4/4 [00:00<00:00]\n")
+    buffer.add(b"Writing model shards: 100%|#####| 1/1 [00:00<00:00, 657it/s]\n")
+    assert buffer.progress == (4, 4)
