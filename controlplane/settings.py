@@ -129,6 +129,7 @@ INSTALLED_APPS = [
     "axes",
     "controlplane.tenancy",
     "controlplane.cluster",
+    "controlplane.notifications",
     "jobs",
     "serving",
     "monitoring",
@@ -490,6 +491,12 @@ JOB_STOP_GRACE_SECONDS = env_float("CP_JOB_STOP_GRACE_SECONDS", 30.0, minimum=0.
 JOB_RESTART_BACKOFF = env_float("CP_JOB_RESTART_BACKOFF", 1.0, minimum=0.0)
 JOB_RESTART_BACKOFF_MAX = env_float("CP_JOB_RESTART_BACKOFF_MAX", 60.0, minimum=0.0)
 JOB_LOG_CAP_BYTES = env_int("CP_JOB_LOG_CAP_BYTES", 20 * 1024 * 1024, minimum=1024)
+# Webhooks: tries per delivery (backoff doubling from the base), the request timeout, and
+# whether loopback/private addresses may be sent to (tests, an internal receiver).
+WEBHOOK_TRIES = env_int("CP_WEBHOOK_TRIES", 5, minimum=1, maximum=20)
+WEBHOOK_RETRY_SECONDS = env_float("CP_WEBHOOK_RETRY_SECONDS", 10.0, minimum=0.0)
+WEBHOOK_TIMEOUT = env_float("CP_WEBHOOK_TIMEOUT", 10.0, minimum=0.5)
+WEBHOOK_ALLOW_PRIVATE = env_bool("CP_WEBHOOK_ALLOW_PRIVATE", False)
 # A job's outputs kept from its working directory when a node ends (besides the project's
 # storage quota): at most this many bytes and files.
 JOB_OUTPUTS_MAX_BYTES = env_int("CP_JOB_OUTPUTS_MAX_BYTES", 10 * 1024**3, minimum=0)

@@ -9,12 +9,13 @@ attempt, and a job has at most one live attempt.
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from controlplane.cluster.models import Worker
 from controlplane.tenancy.models import Project
+from jobs import signals
 from jobs.states import (
     JOB_TERMINAL,
     AttemptState,
@@ -108,9 +109,16 @@ class Job(models.Model):
     def move_to(self, state: str, **fields) -> list[str]:
         """Set the state (guarded) and fields; returns the names to ``save(update_fields=)``."""
         check_transition(self.state, state)
-        self.state = state
+        old, self.state = self.state, state
         for name, value in fields.items():
             setattr(self, name, value)
+        if old != state:  # told after the commit that saves it (never if it rolls back)
+            job_id, preempted = self.pk, "preemptions" in fields
+            transaction.on_commit(
+                lambda: signals.job_transitioned.send(
+                    sender=Job, job_id=job_id, old=old, new=state, preempted=preempted
+                )
+            )
         return ["state", *fields, "updated_at"]
 
 

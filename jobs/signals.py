@@ -12,3 +12,7 @@ node_ready = Signal()
 #: Sent after the commit that ended an attempt (any final state); ``job_id``,
 #: ``attempt_id``, ``state``.
 attempt_finished = Signal()
+
+#: Sent after the commit that changed a job's state; ``job_id``, ``old``, ``new`` and
+#: ``preempted`` (it went back to the queue because it was preempted or drained).
+job_transitioned = Signal()

@@ -41,6 +41,8 @@ class ModelSerializer(StrictModelSerializer):
         fields = ["id", "name", "project", "description", "latest_version", "created_at"]
         read_only_fields = ["id", "created_at"]
         extra_kwargs = {"name": {"validators": []}}
+        # A name taken in the project is the service's 409, not a serializer's 400.
+        validators: list = []
 
     def to_internal_value(self, data: Any) -> Any:
         # DRF reads "" as "not given" for a related field: the schema (and a user) would not.

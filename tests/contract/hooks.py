@@ -21,6 +21,8 @@ _TELEMETRY = (
     "GET /api/v1/telemetry/history/",
     "GET /api/v1/jobs/{job_id}/telemetry/",
 )
+_WEBHOOKS = "POST /api/v1/projects/{project_pk}/webhooks/"
+_WEBHOOK_URL_WORDS = ("http:// or https://", "not a public address", "no credentials")
 _OUTPUTS = (
     ("GET /api/v1/jobs/{job_id}/outputs/", "prefix"),
     ("GET /api/v1/jobs/{job_id}/outputs/file/", "path"),
@@ -34,6 +36,8 @@ UNSAYABLE: list[tuple[str, str, str]] = [
     *[(op, "from", "must be before") for op in _TELEMETRY],
     # A path inside a job's outputs: no '..', '.' or empty parts (as the listing shows).
     *[(op, field, "is not a path inside") for op, field in _OUTPUTS],
+    # A webhook's URL: an http(s) URL of a public address (what DNS says, later, too).
+    *[(_WEBHOOKS, "url", words) for words in _WEBHOOK_URL_WORDS],
     # Against the clock.
     ("POST /api/v1/tokens/", "expires_at", "in the future"),
     ("PATCH /api/v1/tokens/{id}/", "expires_at", "in the future"),
@@ -85,7 +89,11 @@ def _undeclared_fields(case: Any) -> bool:
 
 @schemathesis.hook
 def filter_failure(ctx: Any, failure: Failure, case: Any, response: Any) -> bool:
-    if type(failure).__name__ != "RejectedPositiveData" or response.status_code != 400:
+    if type(failure).__name__ != "RejectedPositiveData":
+        return True
+    if response.status_code == 413 and b"storage quota" in (response.content or b""):
+        return False  # the project's storage quota: the data stored so far, not the request
+    if response.status_code != 400:
         return True
     label = case.operation.label
     if label in SPEC_BODIES or _undeclared_fields(case):
