@@ -110,3 +110,30 @@ def test_a_tqdm_bar_is_one_line_in_the_log_and_the_jobs_progress(stack):
     assert 1 <= redraws <= 8, repr(output)
     lines = output.split("\n")
     assert lines[0] == "starting" and "40/40" in lines[1] and lines[2] == "finished", lines
+
+
+def test_a_webhook_hears_the_job_end_through_the_celery_worker_after_two_failures(stack):
+    from tests.notifications.test_webhooks import Receiver
+
+    receiver = Receiver(failures=2)
+    try:
+        project = stack.api.get("/api/v1/projects/", params={"name": "default"}).json()
+        [default] = [p for p in project["results"] if p["name"] == "default"]
+        made = stack.api.post(
+            f"/api/v1/projects/{default['id']}/webhooks/",
+            json={"name": "e2e", "url": receiver.url, "events": ["job.succeeded"]},
+        )
+        assert made.status_code == 201, made.text
+        submitted = submit(stack, name="heard", entrypoint=["python", "hello.py"])
+        assert wait_state(stack, submitted["id"], TERMINAL)["state"] == "SUCCEEDED"
+        wait_for(lambda: len(receiver.got) >= 3, 30, "three tries of the delivery")
+        log = f"/api/v1/projects/{default['id']}/webhooks/{made.json()['id']}/deliveries/"
+        [delivery] = wait_for(
+            lambda: [d for d in stack.api.get(log).json() if d["state"] == "DELIVERED"],
+            10, "the delivery to be logged",
+        )  # fmt: skip
+        assert delivery["attempts"] == 3 and delivery["payload"]["job"]["id"] == submitted["id"]
+        headers, body = receiver.got[-1]
+        assert headers["X-CP-Event"] == "job.succeeded" and b'"state":"SUCCEEDED"' in body
+    finally:
+        receiver.close()

@@ -47,6 +47,9 @@ def jobs_stack():
             "CP_SCHEDULER_INTERVAL": "0.5",
             # uv's wheel cache outlives the test stack: a rerun does not download again.
             "CP_ENV_UV_CACHE_DIR": str(Path.home() / ".cache" / "cp-tests" / "uv"),
+            # Webhook receivers in tests listen on loopback; retries come quickly.
+            "CP_WEBHOOK_ALLOW_PRIVATE": "true",
+            "CP_WEBHOOK_RETRY_SECONDS": "0.5",
         },
     )
     try:
