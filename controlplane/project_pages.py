@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
 from controlplane import pages, time_ranges
+from controlplane.notifications import pages as notification_pages
 from controlplane.tenancy import secrets, services
 from controlplane.tenancy.api.base import scope_to_user
 from controlplane.tenancy.api.serializers import (
@@ -82,7 +83,8 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
          "secrets": project.secrets.order_by("name").values_list("name", flat=True),
          "quota_fields": [(f, getattr(project, f)) for f in QUOTA_FIELDS],
          "audit": AuditEvent.objects.filter(project=project).order_by("-id")[:100]
-         if is_admin else None},
+         if is_admin else None,
+         "hooks": notification_pages.context(request, project) if is_admin else None},
     )  # fmt: skip
 
 

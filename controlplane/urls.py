@@ -8,6 +8,7 @@ from rest_framework.routers import SimpleRouter
 
 from controlplane import project_pages, views
 from controlplane.cluster.api import GpuViewSet, WorkerViewSet
+from controlplane.notifications import pages as notification_pages
 from monitoring import urls as monitoring_urls
 from monitoring import views as monitoring_views
 from serving import views as serving_views
@@ -40,6 +41,11 @@ urlpatterns = [
         name="project-members-page",
     ),
     path("projects/<int:project_id>/quotas/", project_pages.project_quotas, name="project-quotas"),
+    path(
+        "projects/<int:project_id>/webhooks/",
+        notification_pages.webhooks,
+        name="project-webhooks-page",
+    ),
     path("tokens/", project_pages.tokens, name="tokens-page"),
     path("tokens/<int:token_id>/revoke/", project_pages.token_revoke, name="token-revoke"),
     path("models/", serving_views.model_list, name="model-list-page"),

@@ -164,3 +164,27 @@ def test_a_name_that_resolves_to_loopback_is_not_sent_to(cast, api, submit, sett
     assert tasks.deliver.apply(args=[delivery.pk]).get() == "failed after 1 tries"
     delivery.refresh_from_db()
     assert delivery.state == "FAILED" and "not a public address" in delivery.last_error
+
+
+def test_the_project_page_adds_shows_once_and_deletes_a_webhook(cast):
+    from django.test import Client
+
+    admin, member = Client(), Client()
+    admin.force_login(cast.alice)
+    member.force_login(cast.bob)
+    url = f"/projects/{cast.alpha.pk}/webhooks/"
+    form = {"name": "paged", "url": "https://hooks.example.com/x", "events": ["job.failed"]}
+    assert member.post(url, form).status_code == 403
+    assert "add-webhook" not in member.get(f"/projects/{cast.alpha.pk}/").content.decode()
+    made = admin.post(url, form)
+    assert made.status_code == 302 and made["Location"].endswith("#webhooks")
+    page = admin.get(f"/projects/{cast.alpha.pk}/").content.decode()
+    secret = page.split('id="webhook-secret">')[1].split("<")[0]
+    assert secret.startswith("whsec_") and 'data-webhook="paged"' in page
+    assert secret not in admin.get(f"/projects/{cast.alpha.pk}/").content.decode()  # once
+    bad = admin.post(url, {**form, "name": "again", "url": "gopher://x"}, follow=True)
+    shown = bad.content.decode()
+    assert "Webhook:" in shown and "Use an http:// or https:// URL" in shown, shown[shown.find("messages"):][:400]
+    webhook = Webhook.objects.get(name="paged")
+    admin.post(url, {"delete": webhook.pk})
+    assert not Webhook.objects.filter(pk=webhook.pk).exists()
