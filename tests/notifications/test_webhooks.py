@@ -184,7 +184,7 @@ def test_the_project_page_adds_shows_once_and_deletes_a_webhook(cast):
     assert secret not in admin.get(f"/projects/{cast.alpha.pk}/").content.decode()  # once
     bad = admin.post(url, {**form, "name": "again", "url": "gopher://x"}, follow=True)
     shown = bad.content.decode()
-    assert "Webhook:" in shown and "Use an http:// or https:// URL" in shown, shown[shown.find("messages"):][:400]
+    assert "Webhook:" in shown and "Use an http:// or https:// URL" in shown
     webhook = Webhook.objects.get(name="paged")
     admin.post(url, {"delete": webhook.pk})
     assert not Webhook.objects.filter(pk=webhook.pk).exists()
