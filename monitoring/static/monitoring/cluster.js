@@ -52,9 +52,7 @@
       if (mine !== generation) return;  // another range was picked meanwhile
       for (const h of body.hosts || []) {
         names[h.id] = names[h.id] || h.name;
-        draw(h.id, h.kind, h.points);
-        // The last bucket covers up to historyStep seconds: what came after it is live.
-        if (h.points.length) drawnT[h.id] += historyStep - 1;
+        draw(h.id, h.kind, h.points);  // a bucket is drawn at its start: live points follow
       }
     } finally {
       if (mine === generation) { loading = false; if (step <= interval) drawRecent(); }

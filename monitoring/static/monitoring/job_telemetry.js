@@ -100,7 +100,7 @@
         const xs = g.util.map(p => new Date(p[0] * 1000));
         Plotly.extendTraces(utilDiv, {x: [xs], y: [g.util.map(p => p[1])]}, [i], cap);
         Plotly.extendTraces(powerDiv, {x: [g.power.map(p => new Date(p[0] * 1000))], y: [g.power.map(p => p[1])]}, [i], cap);
-        drawnT[key] = g.util[g.util.length - 1][0] + step - 1;
+        drawnT[key] = g.util[g.util.length - 1][0];  // a bucket is drawn at its start
       }
     } finally {
       if (mine === generation) loading = false;
