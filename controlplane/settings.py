@@ -468,6 +468,8 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": SCHEDULER_INTERVAL,
         "options": {"expires": max(2.0, SCHEDULER_INTERVAL * 2), "queue": CONTROL_QUEUE},
     },
+    # A webhook delivery whose task never ran (the broker was away when it was queued).
+    "webhooks-resend": {"task": "notifications.resend", "schedule": 60.0},
 }
 
 # --- jobs ----------------------------------------------------------------------------------

@@ -223,6 +223,29 @@ def attempt(delivery_id: int) -> bool | None:
     return delivered
 
 
+#: A delivery never tried this long after it was made lost its task (the broker was away).
+RESEND_AFTER_SECONDS = 120
+
+
+def resend_stuck(send: Any = None, now: Any = None) -> list[int]:
+    """Queue again each delivery that was made but never tried (its task was lost); the
+    ids. A receiver may see a delivery twice (rarely): ``X-CP-Delivery`` names it."""
+    from datetime import timedelta
+
+    from controlplane.notifications import tasks
+
+    send = send or tasks.deliver.delay
+    cutoff = (now or timezone.now()) - timedelta(seconds=RESEND_AFTER_SECONDS)
+    stuck = list(
+        Delivery.objects.filter(state=DeliveryState.PENDING, attempts=0, created_at__lt=cutoff)
+        .order_by("id")
+        .values_list("pk", flat=True)[:500]
+    )
+    for pk in stuck:
+        send(pk)
+    return stuck
+
+
 def give_up(delivery_id: int) -> None:
     Delivery.objects.filter(pk=delivery_id, state=DeliveryState.PENDING).update(
         state=DeliveryState.FAILED

@@ -20,3 +20,9 @@ def deliver(self, delivery_id: int) -> str:
         services.give_up(delivery_id)
         return f"failed after {tries} tries"
     raise self.retry(countdown=settings.WEBHOOK_RETRY_SECONDS * 2 ** (tries - 1))
+
+
+@shared_task(name="notifications.resend")
+def resend() -> int:
+    """Beat, every minute: deliveries whose task was lost are queued again."""
+    return len(services.resend_stuck())

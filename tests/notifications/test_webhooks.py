@@ -188,3 +188,25 @@ def test_the_project_page_adds_shows_once_and_deletes_a_webhook(cast):
     webhook = Webhook.objects.get(name="paged")
     admin.post(url, {"delete": webhook.pk})
     assert not Webhook.objects.filter(pk=webhook.pk).exists()
+
+
+def test_a_delivery_whose_task_was_lost_is_sent_by_the_resend_sweep(cast, hooks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from controlplane.notifications import services
+    from controlplane.tenancy.services import Actor
+
+    receiver = hooks()
+    webhook, _ = services.create_webhook(
+        Actor(user=cast.alice), cast.alpha, "late", receiver.url, ["job.failed"], "json"
+    )
+    lost = Delivery.objects.create(webhook=webhook, event="ping", payload={"event": "ping"})
+    fresh = Delivery.objects.create(webhook=webhook, event="ping", payload={"event": "ping"})
+    Delivery.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    sent = services.resend_stuck(send=lambda pk: tasks.deliver.apply(args=[pk]))
+    assert sent == [lost.pk] and len(receiver.got) == 1  # the fresh one's task may yet run
+    lost.refresh_from_db()
+    assert lost.state == "DELIVERED" and fresh.attempts == 0
+    assert services.resend_stuck(send=lambda pk: None) == []  # delivered: not again
