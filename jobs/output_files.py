@@ -46,7 +46,7 @@ def check_path(path: str, allow_empty: bool = False) -> str:
 
 def _walk(root: Path, prefix: str = "") -> Iterator[tuple[str, os.stat_result]]:
     base = root / prefix if prefix else root
-    if base.is_symlink() or not _inside(base, root):
+    if base.is_symlink() or not storage.is_inside(base, root):
         return
     for here, dirs, files in os.walk(base, followlinks=False):
         dirs.sort()
@@ -58,11 +58,6 @@ def _walk(root: Path, prefix: str = "") -> Iterator[tuple[str, os.stat_result]]:
                 continue
             if stat.S_ISREG(info.st_mode) and not name.endswith(".partial"):
                 yield os.path.relpath(full, root), info
-
-
-def _inside(path: Path, root: Path) -> bool:
-    real, base = os.path.realpath(path), os.path.realpath(root)
-    return real == base or real.startswith(base + os.sep)
 
 
 def listing(job_id: int, prefix: str = "") -> tuple[list[OutputFile], int, bool]:
@@ -82,7 +77,7 @@ def open_output(job_id: int, path: str) -> tuple[IO[bytes], int] | None:
     """The file at ``path`` of the job's outputs, opened, and its size; None if none."""
     root = storage.output_root(job_id)
     target = root / check_path(path)
-    if not _inside(target.parent, root):
+    if not storage.is_inside(target.parent, root):
         return None
     try:
         fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

@@ -18,6 +18,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs.storage import is_inside
+
 
 @dataclass
 class Kept:
@@ -29,11 +31,6 @@ class Kept:
         where = ", ".join(f"{d}/" for d in declared)
         text = f"[outputs] kept {self.files} file(s), {self.bytes} bytes, from {where}\n"
         return text + "".join(f"[outputs] {why}\n" for why in self.left_out[:20])
-
-
-def _inside(path: Path, root: Path) -> bool:
-    real, base = os.path.realpath(path), os.path.realpath(root)
-    return real == base or real.startswith(base + os.sep)
 
 
 def _copy_regular(source: Path, target: Path, dest: Path) -> int | None:
@@ -53,7 +50,7 @@ def _copy_regular(source: Path, target: Path, dest: Path) -> int | None:
             if here.is_symlink():
                 return None
             here.mkdir(exist_ok=True)
-        if not _inside(target.parent, dest) or target.is_symlink():
+        if not is_inside(target.parent, dest) or target.is_symlink():
             return None
         partial = target.with_name(f".{target.name}.partial")
         partial.unlink(missing_ok=True)

@@ -21,6 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from jobs.storage import is_inside
+
 log = logging.getLogger(__name__)
 
 PREFIX = "events.out.tfevents."
@@ -29,11 +31,6 @@ MAX_EVENTS = 20_000  # a poll; the rest is read at the next one
 MAX_WALK = 20_000  # entries looked at when looking for new files
 SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "node_modules", ".cache"}
 RESCAN_SECONDS = 10.0
-
-
-def _inside(path: str, root: str) -> bool:
-    real = os.path.realpath(path)
-    return real.startswith(os.path.realpath(root) + os.sep)
 
 
 class EventWatcher:
@@ -65,7 +62,11 @@ class EventWatcher:
             info = os.lstat(path)
         except OSError:
             return
-        if not stat.S_ISREG(info.st_mode) or not _inside(path, root) or info.st_mtime < self.since:
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or not is_inside(Path(path), Path(root))
+            or info.st_mtime < self.since
+        ):
             self.skipped.add(path)  # a link, or an earlier attempt's file
             return
         from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
