@@ -131,6 +131,7 @@ INSTALLED_APPS = [
     "controlplane.cluster",
     "controlplane.notifications",
     "jobs",
+    "jobs.sweeps",
     "serving",
     "monitoring",
     "workers",

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs import events, rollups, storage
+from jobs import events, rollups, signals, storage
 from jobs.lifecycle import Fence, holds, remove_tree
 from jobs.models import Checkpoint, Job, LogChunk, Metric
 
@@ -102,6 +102,11 @@ def record_metrics(
         )
         rollups.add_report(job_id, rows)
         Job.objects.filter(pk=job_id).update(progress=progress)
+        transaction.on_commit(
+            lambda: signals.metrics_recorded.send(
+                sender=Metric, job_id=job_id, step=step, values=clean
+            )
+        )
     last_id = max((r.pk for r in rows if r.pk), default=None)
     events.send(
         job_id,

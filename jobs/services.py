@@ -45,7 +45,8 @@ def _invalid(field: str, message: str) -> ValidationError:
     return ValidationError({field: [message]})
 
 
-def _project_for(actor: Actor, name: str) -> Project:
+def project_for(actor: Actor, name: str) -> Project:
+    """The project ``name`` if the actor is a member of it (else a 404 naming the field)."""
     project = visible_projects(actor.user).filter(name=name).first() if actor.user else None
     if project is None and actor.user is None:
         project = Project.objects.filter(name=name).first()
@@ -195,7 +196,7 @@ def submit_job(
     serializer = JobSpecSerializer(data=data)
     serializer.is_valid(raise_exception=True)
     spec = normalize(serializer.validated_data)
-    project = _project_for(actor, spec["project"])
+    project = project_for(actor, spec["project"])
     check_priority(project, PRIORITY_BY_NAME[spec["priority"]])
     resources = spec["resources"]
     check_feasible(

@@ -16,3 +16,10 @@ attempt_finished = Signal()
 #: Sent after the commit that changed a job's state; ``job_id``, ``old``, ``new`` and
 #: ``preempted`` (it went back to the queue because it was preempted or drained).
 job_transitioned = Signal()
+
+#: Sent after the commit that stored a metrics report; ``job_id``, ``step``, ``values``
+#: (the names and numbers kept).
+metrics_recorded = Signal()
+
+#: Sent after the commit that ended a sweep; ``sweep_id``, ``state``.
+sweep_finished = Signal()

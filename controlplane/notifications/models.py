@@ -8,8 +8,11 @@ from django.utils import timezone
 
 from controlplane.tenancy.models import Project
 
-#: What a webhook can be told (job state changes; "ping" when an admin tests it).
-EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "job.preempted")
+#: What a webhook can be told (job and sweep state changes; "ping" when an admin tests it).
+EVENTS = (
+    "job.succeeded", "job.failed", "job.cancelled", "job.preempted",
+    "sweep.succeeded", "sweep.failed", "sweep.cancelled",
+)  # fmt: skip
 
 
 class PayloadFormat(models.TextChoices):

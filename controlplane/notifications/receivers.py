@@ -30,3 +30,13 @@ def on_job_transitioned(
             services.job_event(job_id, event)
         except Exception:  # a notification must never fail the change that caused it
             log.warning("could not notify %s of job %s", event, job_id, exc_info=True)
+
+
+@receiver(signals.sweep_finished)
+def on_sweep_finished(sender: Any, sweep_id: int, state: str, **_: Any) -> None:
+    from controlplane.notifications import services
+
+    try:
+        services.sweep_event(sweep_id, f"sweep.{state.lower()}")
+    except Exception:
+        log.warning("could not notify the end of sweep %s", sweep_id, exc_info=True)

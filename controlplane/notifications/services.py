@@ -134,18 +134,31 @@ def _job_payload(event: str, job: Any) -> dict[str, Any]:
 def job_event(job_id: int, event: str) -> list[int]:
     """Queue a delivery of ``event`` about job ``job_id`` to each of its project's active
     webhooks that wants it; the deliveries' ids."""
-    from controlplane.notifications import tasks
     from jobs.models import Job
 
     job = Job.objects.select_related("project").filter(pk=job_id).first()
     if job is None:
         return []
+    return _queue(job.project_id, event, lambda: _job_payload(event, job))
+
+
+def sweep_event(sweep_id: int, event: str) -> list[int]:
+    """The same for a sweep's end (``sweep.succeeded``, ``.failed``, ``.cancelled``)."""
+    from jobs.sweeps.models import Sweep
+
+    sweep = Sweep.objects.select_related("project").filter(pk=sweep_id).first()
+    if sweep is None:
+        return []
+    return _queue(sweep.project_id, event, lambda: _sweep_payload(event, sweep))
+
+
+def _queue(project_id: int, event: str, payload: Any) -> list[int]:
+    from controlplane.notifications import tasks
+
     made = []
-    for webhook in Webhook.objects.filter(project_id=job.project_id, active=True):
+    for webhook in Webhook.objects.filter(project_id=project_id, active=True):
         if event in webhook.events:
-            delivery = Delivery.objects.create(
-                webhook=webhook, event=event, payload=_job_payload(event, job)
-            )
+            delivery = Delivery.objects.create(webhook=webhook, event=event, payload=payload())
             made.append(delivery.pk)
     for pk in made:
         try:
@@ -167,13 +180,32 @@ def ping(actor: Actor, webhook: Webhook) -> Delivery:
     return delivery
 
 
+def _sweep_payload(event: str, sweep: Any) -> dict[str, Any]:
+    from jobs.sweeps.services import best_trial
+
+    best = best_trial(sweep)
+    return {
+        "event": event,
+        "time": timezone.now().isoformat(),
+        "project": sweep.project.name,
+        "sweep": {
+            "id": sweep.pk, "name": sweep.name, "state": sweep.state, "reason": sweep.reason,
+            "trials": sweep.total, "metric": sweep.metric, "goal": sweep.goal,
+            "best": None if best is None else {
+                "trial": best.number, "job": best.job_id, "metric": best.metric,
+                "hparams": best.hparams,
+            },
+        },
+    }  # fmt: skip
+
+
 def _body(webhook: Webhook, delivery: Delivery) -> bytes:
     payload = {**delivery.payload, "delivery": delivery.pk}
     if webhook.payload_format == "slack":
-        job = payload.get("job") or {}
+        job = payload.get("job") or payload.get("sweep") or {}
         if job:
-            what = payload["event"].split(".", 1)[1]
-            text = f"Job #{job['id']} {job['name']} ({payload['project']}): {what}"
+            kind, what = payload["event"].split(".", 1)
+            text = f"{kind.title()} #{job['id']} {job['name']} ({payload['project']}): {what}"
             if job["reason"]:
                 text += f" — {job['reason']}"
         else:
