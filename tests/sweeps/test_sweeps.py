@@ -165,8 +165,8 @@ def test_a_grid_sweep_runs_max_concurrent_trials_then_the_rest_and_ends(client, 
 
     done = client.get(f"/api/v1/sweeps/{sweep['id']}/").json()
     assert done["state"] == "SUCCEEDED" and done["reason"] == "3 of 4 trial(s) ran."
-    assert done["best"]["number"] == 2 and done["best"]["hparams"] == {"lr": 0.003,
-                                                                       "warmup-steps": 0}  # fmt: skip
+    assert done["best"]["number"] == 2
+    assert done["best"]["hparams"] == {"lr": 0.003, "warmup-steps": 0}
     assert done["counts"] == {"LIVE": 0, "SUCCEEDED": 3, "FAILED": 1, "CANCELLED": 0,
                               "STOPPED": 0}  # fmt: skip
     by_metric = client.get(f"/api/v1/sweeps/{sweep['id']}/trials/?ordering=metric").json()
