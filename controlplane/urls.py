@@ -33,6 +33,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", include("jobs.page_urls")),
+    path("sweeps/", include("jobs.sweeps.page_urls")),
     path("projects/", project_pages.project_list, name="project-list-page"),
     path("projects/<int:project_id>/", project_pages.project_detail, name="project-page"),
     path(

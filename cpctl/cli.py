@@ -7,6 +7,7 @@ cpctl logs -f 42
 cpctl cancel 42
 cpctl outputs 42 [--get results.json | --all] [-o FILE]
 cpctl workers
+cpctl sweep submit sweep.yaml --dir . --watch; cpctl sweep show 7 --sort metric  (sweeps.py)
 cpctl deploy chat --model tiny --replicas 2; cpctl generate chat "Hello"  (see deployments.py)
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from cpctl import deployments
+from cpctl import deployments, sweeps
 from cpctl.client import ApiError, Client, load_settings, pack_directory, save_settings
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -266,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
     cancel.set_defaults(run=cmd_cancel)
     sub.add_parser("workers", help="list worker hosts and their GPUs").set_defaults(run=cmd_workers)
     deployments.add_commands(sub)
+    sweeps.add_commands(sub)
     return top
 
 

@@ -239,3 +239,33 @@ def test_the_end_of_a_sweep_is_a_webhook_delivery(client, cast, run, settings):
     assert delivery.event == "sweep.failed"
     assert delivery.payload["sweep"]["id"] == sweep["id"]
     assert delivery.payload["sweep"]["reason"] == "None of its 1 trial(s) ran to its end."
+
+
+def test_the_pages_list_a_sweep_and_show_its_trials_best_first(client, cast, run):
+    from django.test import Client
+
+    sweep = create(client, sweep_file(parameters={"lr": [0.1, 0.2, 0.3]}, max_concurrent=3))
+    for trial, value in zip(trials(sweep["id"]), (2.0, 0.5, 1.0), strict=True):
+        run(outputs.record_metrics, trial.job_id, 1, 4, {"eval/eval_loss": value})
+    browser = Client()
+    browser.force_login(cast.bob)
+    listing = browser.get("/sweeps/").content.decode()
+    assert f'data-sweep="{sweep["id"]}"' in listing and "lr-sweep" in listing
+    page = browser.get(f"/sweeps/{sweep['id']}/?sort=metric").content.decode()
+    rows = page.split('<tbody>')[1].split("</tbody>")[0]
+    order = [int(r.split('"')[0]) for r in rows.split('data-trial="')[1:]]
+    assert order == [1, 2, 0]
+    assert '<tr data-trial="1" class="best">' in page and "Cancel sweep" in page
+    assert 'id="sweep-chart"' in page and "sweeps/sweep.js" in page
+
+    outsider = Client()
+    outsider.force_login(cast.dave)
+    assert outsider.get(f"/sweeps/{sweep['id']}/").status_code == 404
+    assert f'data-sweep="{sweep["id"]}"' not in outsider.get("/sweeps/").content.decode()
+    viewer = Client()
+    viewer.force_login(cast.carol)
+    assert "Cancel sweep" not in viewer.get(f"/sweeps/{sweep['id']}/").content.decode()
+    assert viewer.post(f"/sweeps/{sweep['id']}/cancel/").status_code == 403
+    done = run(browser.post, f"/sweeps/{sweep['id']}/cancel/")
+    assert done.status_code == 302 and Sweep.objects.get(pk=sweep["id"]).state == "CANCELLED"
+    assert "Cancel sweep" not in browser.get(f"/sweeps/{sweep['id']}/").content.decode()
