@@ -106,7 +106,11 @@ class SweepViewSet(
             "multipart/form-data": {
                 "type": "object",
                 "properties": {
-                    "sweep": {"type": "string", "description": "The sweep file, YAML or JSON."},
+                    "sweep": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "The sweep file, YAML or JSON.",
+                    },
                     "code": {"type": "string", "format": "binary"},
                 },
                 "required": ["sweep"],

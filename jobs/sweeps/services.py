@@ -14,7 +14,7 @@ import logging
 from typing import IO, Any
 
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Max
 from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.exceptions import APIException, ValidationError
@@ -138,7 +138,7 @@ def create_sweep(
 
 def _fill(sweep: Sweep, actor: Actor, code: IO[bytes] | None = None, code_size: int = 0) -> int:
     """Submit trials until ``max_concurrent`` are live or all are drawn; how many."""
-    made = sweep.trials.count()
+    made = (sweep.trials.aggregate(last=Max("number"))["last"] + 1) if sweep.trials.exists() else 0
     live = sweep.trials.filter(state=TrialState.LIVE).count()
     first = sweep.trials.select_related("job").filter(number=0).first()
     code_from = first.job if first else None

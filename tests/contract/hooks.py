@@ -52,8 +52,9 @@ UNSAYABLE: list[tuple[str, str, str]] = [
 
 #: Operations whose body is a job spec: it is valid only against the code archive that
 #: comes with it (the entrypoint must be in it), the cluster (resources a host can hold)
-#: and the project (its secrets, quotas, priority cap). The rest of the schema holds.
-SPEC_BODIES = {"POST /api/v1/jobs/", "POST /api/v1/batch-jobs/"}
+#: and the project (its secrets, quotas, priority cap). The rest of the schema holds. A
+#: sweep file holds such a spec (its ``job``), checked the same way for its first trials.
+SPEC_BODIES = {"POST /api/v1/jobs/", "POST /api/v1/batch-jobs/", "POST /api/v1/sweeps/"}
 
 
 def _refusals(response: Any) -> dict[str, list[str]]:

@@ -137,3 +137,79 @@ def test_a_webhook_hears_the_job_end_through_the_celery_worker_after_two_failure
         assert headers["X-CP-Event"] == "job.succeeded" and b'"state":"SUCCEEDED"' in body
     finally:
         receiver.close()
+
+
+def sweep(stack, sweep_id: int) -> dict:
+    return stack.api.get(f"/api/v1/sweeps/{sweep_id}/").json()
+
+
+def wait_sweep(stack, sweep_id: int, timeout: float) -> dict:
+    return wait_for(
+        lambda: (s := sweep(stack, sweep_id))["state"] != "RUNNING" and s,
+        timeout, f"sweep {sweep_id} to end",
+    )  # fmt: skip
+
+
+def test_a_grid_sweep_of_the_built_in_recipe_runs_each_point_as_a_job(stack):
+    response = stack.api.post("/api/v1/sweeps/", json={
+        "name": "tiny-lr", "project": "default", "method": "grid",
+        "job": {"entrypoint": ["python", "-m", "workers.recipes.causal_lm"],
+                "args": ["--preset", "tiny", "--max-steps", "6", "--seq-len", "64",
+                         "--micro-batch", "2", "--log-every", "2", "--eval-every", "3",
+                         "--eval-batches", "2", "--checkpoint-every", "0", "--no-register"],
+                "max_restarts": 0},
+        "parameters": {"lr": [0.0003, 0.003]},
+        "metric": "eval/eval_loss", "goal": "minimize", "max_concurrent": 2,
+    })  # fmt: skip
+    assert response.status_code == 201, response.text
+    created = response.json()
+    done = wait_sweep(stack, created["id"], 240)
+    trials = stack.api.get(f"/api/v1/sweeps/{created['id']}/trials/?ordering=metric").json()
+    assert done["state"] == "SUCCEEDED", (done, trials, [logs(stack, t["job"]) for t in trials])
+    assert sorted(t["hparams"]["lr"] for t in trials) == [0.0003, 0.003]
+    assert all(t["state"] == "SUCCEEDED" and t["metric_step"] == 6 for t in trials)
+    for trial in trials:  # each an ordinary job of the project, its lr on the command line
+        ran = job(stack, trial["job"])
+        assert ran["args"][-2:] == ["--lr", str(trial["hparams"]["lr"])]
+        assert ran["tags"] == [f"sweep-{created['id']}"] and ran["state"] == "SUCCEEDED"
+    assert trials[0]["metric"] < trials[1]["metric"]
+    assert done["best"]["number"] == trials[0]["number"]
+    assert done["best"]["metric"] == trials[0]["metric"]
+
+
+def test_asha_stops_the_trials_with_bad_learning_rates_at_the_first_rung(stack, tmp_path):
+    (tmp_path / "sweep.yaml").write_text(
+        "name: quadratic-asha\nproject: default\n"
+        "job:\n  entrypoint: [python, quadratic.py]\n  max_restarts: 0\n"
+        "method: grid\nparameters:\n  lr: [0.1, 0.3, 1.2, 1.5]\n"
+        "metric: loss\ngoal: minimize\nmax_concurrent: 1\n"
+        "early_stopping: {type: asha, min_steps: 2, max_steps: 12, reduction_factor: 3}\n"
+    )
+    submitted = cpctl(stack, "sweep", "submit", str(tmp_path / "sweep.yaml"), "--dir",
+                      str(ROOT / "tests" / "e2e" / "job_scripts"), "--watch")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    sweep_id = int(submitted.stdout.split()[2])
+    assert "SUCCEEDED, 4 trial(s): 2 succeeded, 2 stopped" in submitted.stdout
+    trials = {t["hparams"]["lr"]: t for t in
+              stack.api.get(f"/api/v1/sweeps/{sweep_id}/trials/").json()}  # fmt: skip
+    assert {lr: t["state"] for lr, t in trials.items()} == {
+        0.1: "SUCCEEDED",
+        0.3: "SUCCEEDED",
+        1.2: "STOPPED",
+        1.5: "STOPPED",
+    }
+    for lr in (1.2, 1.5):
+        stopped = trials[lr]
+        assert stopped["rungs"] == {"0": pytest.approx(9 * (1 - 2 * lr) ** 4)}
+        assert stopped["reason"].startswith("Stopped early by ASHA at rung 1 (step 2)")
+        ran = job(stack, stopped["job"])
+        assert ran["state"] == "CANCELLED" and ran["progress"]["step"] < 12, ran
+    assert trials[0.3]["rungs"].keys() == {"0", "1"} and trials[0.3]["metric_step"] == 12
+    shown = cpctl(stack, "sweep", "show", str(sweep_id), "--sort", "metric")
+    assert shown.returncode == 0 and "best: trial 1" in shown.stdout
+    rows = [line.split() for line in shown.stdout.splitlines() if line[:1].isdigit()]
+    assert [r[0] for r in rows][:2] == ["1", "0"]  # best first
+    listed = cpctl(stack, "sweep", "list")
+    assert listed.returncode == 0 and "quadratic-asha" in listed.stdout
+    again = cpctl(stack, "sweep", "cancel", str(sweep_id))
+    assert again.returncode == 1 and "SUCCEEDED already" in again.stderr

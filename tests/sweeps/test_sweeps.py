@@ -252,7 +252,7 @@ def test_the_pages_list_a_sweep_and_show_its_trials_best_first(client, cast, run
     listing = browser.get("/sweeps/").content.decode()
     assert f'data-sweep="{sweep["id"]}"' in listing and "lr-sweep" in listing
     page = browser.get(f"/sweeps/{sweep['id']}/?sort=metric").content.decode()
-    rows = page.split('<tbody>')[1].split("</tbody>")[0]
+    rows = page.split("<tbody>")[1].split("</tbody>")[0]
     order = [int(r.split('"')[0]) for r in rows.split('data-trial="')[1:]]
     assert order == [1, 2, 0]
     assert '<tr data-trial="1" class="best">' in page and "Cancel sweep" in page
