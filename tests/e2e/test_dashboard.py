@@ -219,3 +219,59 @@ def flows(stack, chromium: Browser) -> None:
     assert posted.status == 403
     assert vic.request.get(f"{stack.url}/jobs/new/").status == 403
     assert stack.api.get("/api/v1/jobs/").json()["count"] == 2  # nothing made by the viewer
+
+
+def test_a_sweep_page_follows_the_sweep_live_and_charts_it(stack):
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.test_jobs import code_archive
+
+    body = {
+        "name": "web-sweep",
+        "project": "default",
+        "method": "grid",
+        "job": {
+            "entrypoint": ["python", "quadratic.py"],
+            "args": ["--steps", "4", "--step-seconds", "0.5"],
+            "max_restarts": 0,
+        },
+        "parameters": {"lr": [0.05, 0.3, 0.2]},
+        "metric": "loss",
+        "max_concurrent": 3,
+    }
+    response = stack.api.post(
+        "/api/v1/sweeps/",
+        data={"sweep": json.dumps(body)},
+        files={"code": ("code.tgz", code_archive(), "application/gzip")},
+    )
+    assert response.status_code == 201, response.text  # fmt: skip
+    sweep_id = response.json()["id"]
+    with sync_playwright() as p:
+        chromium = Browser(p, stack.url)
+        try:
+            mia = chromium.login("mia")
+            mia.goto(f"{stack.url}/sweeps/")
+            assert mia.locator(f'tr[data-sweep="{sweep_id}"]').count() == 1
+            mia.goto(f"{stack.url}/sweeps/{sweep_id}/?sort=metric")
+            assert mia.locator("#cancel-form").count() == 1  # running: it can be cancelled
+            # No reload: the page follows the sweep to its end and draws the three trials.
+            mia.wait_for_function("() => document.body.dataset.sweepEnded === '1'",
+                                  timeout=90_000)  # fmt: skip
+            assert mia.locator("#state").inner_text() == "succeeded"
+            assert mia.locator("#sweep-chart").get_attribute("data-drawn") == "3"
+            drawn = "() => document.getElementById('sweep-chart').data.map((t) => t.type)"
+            assert mia.evaluate(drawn) == ["parcoords"]
+            rows = mia.locator("#trials tbody tr")
+            assert rows.count() == 3 and mia.locator("#cancel-form").count() == 0
+            best = mia.locator("#trials tr.best")
+            assert best.get_attribute("data-trial") == "1" and rows.first.get_attribute(
+                "data-trial") == "1"  # lr 0.3 converges fastest, sorted first  # fmt: skip
+            mia.select_option("#chart-kind select", "lr")
+            mia.wait_for_selector("#sweep-chart .scatterlayer .point")
+            assert mia.evaluate(drawn) == ["scatter", "scatter"]  # the trials, the best
+            chromium.shot(mia, "sweep")
+        finally:
+            chromium.close()
+    assert chromium.errors == []
