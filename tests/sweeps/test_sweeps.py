@@ -269,3 +269,16 @@ def test_the_pages_list_a_sweep_and_show_its_trials_best_first(client, cast, run
     done = run(browser.post, f"/sweeps/{sweep['id']}/cancel/")
     assert done.status_code == 302 and Sweep.objects.get(pk=sweep["id"]).state == "CANCELLED"
     assert "Cancel sweep" not in browser.get(f"/sweeps/{sweep['id']}/").content.decode()
+
+
+def test_the_admin_shows_a_sweep_and_its_trials_read_only(client, cast):
+    from django.test import Client
+
+    sweep = create(client, sweep_file())
+    admin = Client()
+    admin.force_login(cast.olga)
+    listing = admin.get("/admin/sweeps/sweep/")
+    assert listing.status_code == 200 and "lr-sweep" in listing.content.decode()
+    page = admin.get(f"/admin/sweeps/sweep/{sweep['id']}/change/").content.decode()
+    assert "lr-sweep-1" in page or "warmup-steps" in page
+    assert admin.get("/admin/sweeps/sweep/add/").status_code == 403
