@@ -355,6 +355,8 @@ SPECTACULAR_SETTINGS = {
         "NodeStateEnum": "jobs.models.NodeState",
         "StopReasonEnum": "jobs.states.StopReason",
         "PriorityEnum": ["low", "normal", "high"],
+        "SweepStateEnum": "jobs.sweeps.models.SweepState",
+        "TrialStateEnum": "jobs.sweeps.models.TrialState",
     },
 }
 
