@@ -138,7 +138,8 @@ def create_sweep(
 
 def _fill(sweep: Sweep, actor: Actor, code: IO[bytes] | None = None, code_size: int = 0) -> int:
     """Submit trials until ``max_concurrent`` are live or all are drawn; how many."""
-    made = (sweep.trials.aggregate(last=Max("number"))["last"] + 1) if sweep.trials.exists() else 0
+    last = sweep.trials.aggregate(last=Max("number"))["last"]
+    made = 0 if last is None else last + 1  # numbers go on past a trial whose job was deleted
     live = sweep.trials.filter(state=TrialState.LIVE).count()
     first = sweep.trials.select_related("job").filter(number=0).first()
     code_from = first.job if first else None

@@ -81,6 +81,7 @@ def sweep_detail(request: HttpRequest, sweep_id: int) -> HttpResponse:
     trials = TrialSerializer(ordered(sweep.trials.select_related("job"), sort), many=True).data
     summary = SweepSerializer(sweep).data
     names = list(sweep.search["parameters"])
+    running = sweep.state == SweepState.RUNNING
     best = summary["best"]
     for trial in trials:
         trial["values"] = [trial["hparams"].get(n) for n in names]
@@ -90,9 +91,9 @@ def sweep_detail(request: HttpRequest, sweep_id: int) -> HttpResponse:
         "sweeps/detail.html",
         {"sweep": sweep, "summary": summary, "trials": trials, "names": names, "sort": sort,
          "best": best, "can_act": pages.can(request.user, sweep.project_id),
-         "running": sweep.state == SweepState.RUNNING,
+         "running": running,
          "page_data": {"id": sweep.pk, "metric": sweep.metric, "goal": sweep.goal,
-                       "names": names, "sort": sort, "running": sweep.state == "RUNNING",
+                       "names": names, "sort": sort, "running": running,
                        "log": [n for n, p in sweep.search["parameters"].items() if p.get("log")]},
          "job_yaml": pages.spec_yaml(sweep.job_spec), "search_yaml": pages.spec_yaml(
              {k: v for k, v in sweep.search.items() if v is not None})},

@@ -62,7 +62,7 @@ def end(job_id: int, state: str) -> None:
     job.save(update_fields=job.move_to(state, reason="the test ended it"))
 
 
-def create(client, data, run=None) -> dict:
+def create(client, data) -> dict:
     response = client.post("/api/v1/sweeps/", data, format="json")
     assert response.status_code == 201, response.content
     return response.json()
