@@ -2,6 +2,12 @@
 (tqdm, Keras, pip) that redraw one line with carriage returns stay one line:
 
 - a segment ends in ``\\n`` (a line) or ``\\r`` (a line that the next one overwrites);
+- a ``\\r`` that ends text which does not look like a progress display (no ``n%``, no
+  ``n/m``) ends a line instead: the ranks of a job share one pipe, and an unbuffered
+  ``print`` writes its text and its newline in two writes, so another rank's bar (which
+  starts with ``\\r``) can land between them; a terminal would garble that line, the log
+  keeps it. Text written after a tqdm bar's closing ``]`` (before the next redraw) is the
+  same splice, and is kept as its own line;
 - ``collapse`` keeps a ``\\r`` line only when nothing follows it in the same flush: the log
   stores the bar's latest state once per flush, not each redraw, and the web log and
   ``cpctl logs`` show it as one updating line;
@@ -21,6 +27,8 @@ MAX_LINE = 64 * 1024  # a longer run without a line end is cut (binary output, s
 _END = re.compile(rb"\r\n|\r|\n")
 # " 45%|████▌     | 45/100 [00:01<00:02, 30.0it/s]" (also "45/100 [..." with no bar)
 _TQDM = re.compile(r"(?:^|[|\s])(\d+)/(\d+) \[[0-9:?]+")
+_REDRAWN = re.compile(rb"\d\s*%|\d/\d")  # what a line redrawn in place shows
+_BAR_END = re.compile(rb"(?:^|[|\s])\d+/\d+ \[[0-9:?]+[^\]\r\n]*\]")
 _LABEL = re.compile(r"^\s*\S.*?:\s+\d+%\|")  # "Map:  50%|" (no label: " 50%|")
 
 
@@ -39,7 +47,10 @@ class Splitter:
             if end == b"\r" and match.end() == len(text):
                 break  # maybe the first half of \r\n: wait for the next byte
             line = text[start : match.start()]
-            out.append(line + (b"\r" if end == b"\r" else b"\n"))
+            if end == b"\r":
+                out.extend(_redrawn(line))
+            else:
+                out.append(line + b"\n")
             self.after_cr = end == b"\r"
             start = match.end()
         self.carry = text[start:]
@@ -52,8 +63,8 @@ class Splitter:
     def progress_line(self) -> bytes | None:
         """The line being redrawn now (a bar between two updates), or None."""
         text = self.carry.rstrip(b"\r")
-        if self.after_cr and text:
-            return text + b"\r"
+        if self.after_cr and text and _REDRAWN.search(text):
+            return _redrawn(text)[0].rstrip(b"\n\r") + b"\r"
         return None
 
     def rest(self) -> list[bytes]:
@@ -61,6 +72,17 @@ class Splitter:
         text, self.carry = self.carry, b""
         text = text.rstrip(b"\r")
         return [text + b"\n"] if text else []
+
+
+def _redrawn(line: bytes) -> list[bytes]:
+    """A segment that a carriage return ended: a redraw, or a line another process spliced
+    into one (see the module's docstring)."""
+    if line and _REDRAWN.search(line) is None:
+        return [line + b"\n"]
+    bar = _BAR_END.search(line)
+    if bar is not None and line[bar.end() :].strip():
+        return [line[: bar.end()] + b"\r", line[bar.end() :].lstrip() + b"\n"]
+    return [line + b"\r"]
 
 
 def collapse(segments: list[bytes]) -> list[bytes]:

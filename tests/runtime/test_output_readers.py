@@ -24,6 +24,23 @@ def test_carriage_returns_make_lines_a_later_one_overwrites():
     assert tqdm_progress(b"loss 1/2 done\n") is None and tqdm_progress(b"11/10 [00:00]") is None
 
 
+def test_a_ranks_line_split_by_another_ranks_bar_is_kept():
+    # Two ranks on one pipe, unbuffered: rank 1's print writes its text, rank 0's bar
+    # redraws (\r first), then rank 1's newline arrives and ends rank 0's bar line.
+    # Either before the bar started or after it was drawn once.
+    for first in (b"", b"\rsave:   0%| 0/1 [00:00<?, ?it/s]  "):
+        buffer = LogBuffer(chunk_bytes=32768, flush_seconds=0.0, redraw_seconds=1.0)
+        stored = []
+        for chunk in (first, b"rank 1 of 2: trained 4 steps", b"\rsave: 100%| 1/1 [00:00<00:00]",
+                      b"\n", b"rank 0 of 2: trained 4 steps", b"\n"):  # fmt: skip
+            buffer.add(chunk)
+            stored += buffer.take(100.0)  # one instant: a bar's redraw is stored once at most
+        stored += buffer.end()
+        lines = b"".join(stored).replace(b"\r", b"\n").splitlines()
+        assert lines.count(b"rank 1 of 2: trained 4 steps") == 1, stored
+        assert lines[-2:] == [b"save: 100%| 1/1 [00:00<00:00]", b"rank 0 of 2: trained 4 steps"]
+
+
 def test_a_partial_line_waits_unless_it_is_a_bar_being_redrawn():
     splitter = Splitter()
     assert splitter.feed(b"Password: ") == [] and splitter.progress_line() is None
