@@ -1,9 +1,11 @@
 """Who holds this host's GPUs and processes: the running nodes of job attempts (their
 reserved GPU indices and the pids the launcher recorded), read from the database.
 
-Other apps that put processes on GPUs (serving replicas) add a provider with
-``register()`` returning ``Holding`` objects of their own ``kind``; the agent then
-streams to ``telemetry.<kind>.<id>`` for them without further changes.
+Other apps that put processes on GPUs outside jobs add a provider with ``register()``
+returning ``Holding`` objects of their own ``kind``; the agent then streams to
+``telemetry.<kind>.<id>`` for them without further changes. An app whose work runs *as*
+jobs (serving replicas) adds an annotator with ``annotate()``: it gets the job holdings and
+fills their ``extra`` (the deployment a replica's job serves), shown with the holder.
 """
 
 from __future__ import annotations
@@ -14,12 +16,19 @@ from jobs.models import AttemptNode, NodeState
 from monitoring.frames import Holding
 
 Provider = Callable[[int], list[Holding]]
+Annotator = Callable[[list[Holding]], None]
 _providers: list[Provider] = []
+_annotators: list[Annotator] = []
 
 
 def register(provider: Provider) -> None:
     if provider not in _providers:
         _providers.append(provider)
+
+
+def annotate(annotator: Annotator) -> None:
+    if annotator not in _annotators:
+        _annotators.append(annotator)
 
 
 def job_holdings(worker_id: int) -> list[Holding]:
@@ -57,6 +66,9 @@ def job_holdings(worker_id: int) -> list[Holding]:
 
 def holdings(worker_id: int) -> list[Holding]:
     found = job_holdings(worker_id)
+    if found:
+        for annotator in _annotators:
+            annotator(found)
     for provider in _providers:
         found.extend(provider(worker_id))
     return found

@@ -48,9 +48,11 @@ class Holding:
     gpus: list[int] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
     attempt: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # what an annotator adds (its serving)
 
     def label(self) -> dict[str, Any]:
         return {
+            **self.extra,
             "kind": self.kind,
             "id": self.id,
             "name": self.name,

@@ -11,8 +11,11 @@ class ServingConfig(AppConfig):
 
         from controlplane.tenancy.models import ApiToken, Membership
         from jobs.signals import attempt_finished, job_succeeded, node_ready
+        from monitoring import attribution
         from serving import receivers
+        from serving.deployments import energy
 
+        attribution.annotate(energy.annotate)
         job_succeeded.connect(receivers.register_final_model, dispatch_uid="serving-register")
         node_ready.connect(receivers.replica_changed, dispatch_uid="serving-replica-ready")
         attempt_finished.connect(receivers.replica_changed, dispatch_uid="serving-replica-ended")

@@ -150,7 +150,7 @@ def deployment_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
     dep = get_object_or_404(_visible_deployments(request), pk=deployment_id)
-    data = deployment_api.DeploymentSerializer(dep).data
+    data = deployment_api.DeploymentSerializer(dep, context={"energy": True}).data
     samples = deployment_api.SampleSerializer(
         list(dep.samples.order_by("-time")[:720])[::-1], many=True
     ).data

@@ -2,7 +2,10 @@
 
 ``POST`` multipart: ``spec`` (JSON: project, model, version, name, nodes, cpus_per_node,
 gpus_per_node, quantization, max_batch_size, max_tokens, temperature, priority,
-max_restarts) and ``input`` (the JSONL file). The job itself is an ordinary job (its logs,
+max_restarts, and optionally ``input_from``) and ``input`` (the JSONL file), or instead of
+the file ``input_from`` naming one the control plane holds: ``{"job": N, "path": P}`` (a
+file of a job's kept outputs) or ``{"model": M, "version": V, "path": P}`` (a file of a
+registered model version). The job itself is an ordinary job (its logs,
 attempts and cancel are under ``/api/v1/jobs/{id}/``); ``output/`` downloads the
 completions, in input order, as JSONL.
 """
@@ -34,6 +37,23 @@ class BatchUploadParser(LimitedMultiPartParser):
     what = "inputs"
 
 
+class InputFromSerializer(StrictSerializer):
+    job = serializers.IntegerField(min_value=1, required=False)
+    model = serializers.CharField(max_length=100, required=False)
+    version = serializers.IntegerField(min_value=1, required=False)
+    path = serializers.CharField(max_length=1000)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("job" in attrs) == ("model" in attrs):
+            raise serializers.ValidationError(
+                "Name one of job (a job's kept outputs) or model (a registered version's "
+                'files), e.g. {"job": 12, "path": "outputs/prompts.jsonl"}.'
+            )
+        if "version" in attrs and "model" not in attrs:
+            raise serializers.ValidationError({"version": ["Only with model."]})
+        return attrs
+
+
 class BatchSpecSerializer(StrictSerializer):
     project = serializers.SlugRelatedField(
         slug_field="name", queryset=Project.objects.all(), required=False
@@ -50,6 +70,10 @@ class BatchSpecSerializer(StrictSerializer):
     temperature = serializers.FloatField(min_value=0.0, max_value=2.0, default=0.0)
     priority = serializers.ChoiceField(choices=list(PRIORITY_BY_NAME), default="normal")
     max_restarts = serializers.IntegerField(min_value=0, max_value=100, default=3)
+    input_from = InputFromSerializer(
+        required=False,
+        help_text="Read the prompts from a file the control plane holds instead of an upload.",
+    )
 
 
 class BatchJobSerializer(serializers.ModelSerializer):
@@ -91,8 +115,9 @@ class BatchJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
     @extend_schema(
         request={"multipart/form-data": {"type": "object", "properties": {
             "spec": {"type": "string", "description": "The batch spec, JSON."},
-            "input": {"type": "string", "format": "binary", "description": "Prompts, JSONL."}},
-            "required": ["spec", "input"]}},
+            "input": {"type": "string", "format": "binary",
+                      "description": "Prompts, JSONL (or spec.input_from)."}},
+            "required": ["spec"]}},
         responses={201: BatchJobSerializer},
     )  # fmt: skip
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -112,15 +137,30 @@ class BatchJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = request.FILES.get("input")
-        if upload is None:
-            raise serializers.ValidationError({"input": ["Attach the prompts as a JSONL file."]})
+        if upload is None and "input_from" not in data:
+            raise serializers.ValidationError(
+                {"input": ["Attach the prompts as a JSONL file, or name one in spec.input_from."]}
+            )
+        if upload is not None and "input_from" in data:
+            raise serializers.ValidationError(
+                {"input": ["Send the prompts as a file or name them in spec.input_from, not both."]}
+            )
         project = project_for(request.user, data.get("project"))
         version = resolve_version(project, data["model"], data.get("version"))
-        job = services.create_batch_job(
+        if upload is not None:
+            source = upload.file
+        else:
+            source = services.open_source(project, data["input_from"])
+        with source:
+            job = self._create(project, version, source, data)
+        return Response(BatchJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    def _create(self, project: Project, version: Any, source: Any, data: dict) -> Job:
+        return services.create_batch_job(
             self.actor(),
             project,
             version,
-            upload.file,
+            source,
             name=data["name"],
             nodes=data["nodes"],
             gpus_per_node=data["gpus_per_node"],
@@ -132,7 +172,6 @@ class BatchJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectS
             priority=PRIORITY_BY_NAME[data["priority"]],
             max_restarts=data["max_restarts"],
         )
-        return Response(BatchJobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={(200, "application/jsonl"): bytes})
     @action(detail=True, methods=["get"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any
@@ -18,10 +19,12 @@ from controlplane.tenancy.models import Project, Role
 from controlplane.tenancy.services import Actor, check_priority, record, require_role
 from jobs import storage
 from jobs.models import Job
+from jobs.output_files import BadPath, check_path, open_output
 from jobs.services import check_feasible, create_internal_job
 from jobs.states import JobKind
 from serving.batch import output
 from serving.deployments.config import GPU_ONLY, QUANTIZATION
+from serving.deployments.services import resolve_version
 from serving.models import ModelVersion
 
 BATCH_MODULE = ["python", "-m", "serving.batch"]
@@ -83,6 +86,41 @@ def _row_problem(row: Any) -> str:
     if "id" in row and not isinstance(row["id"], str | int):
         return "id must be a string or an integer."
     return ""
+
+
+def open_source(project: Project, source: dict[str, Any]) -> IO[bytes]:
+    """The JSONL a batch job reads from storage the control plane already holds: a file of
+    one of the project's jobs' kept outputs (``{"job": N, "path": "..."}``) or of a
+    registered model version (``{"model": name, "version": V, "path": "..."}``, latest
+    version when V is left out). Opened without following links."""
+    path = source.get("path") or ""
+    try:
+        check_path(path)
+    except BadPath as exc:
+        raise _bad("input_from", str(exc)) from None
+    if source.get("job") is not None:
+        job = Job.objects.filter(pk=source["job"], project=project).first()
+        opened = open_output(job.pk, path) if job is not None else None
+        if job is None:
+            raise _bad("input_from", f"Project {project.name} has no job {source['job']}.")
+        if opened is None:
+            raise _bad("input_from", f"Job {job.pk} kept no output file {path!r}.")
+        return opened[0]
+    version = resolve_version(project, source["model"], source.get("version"))
+    root = Path(version.path)
+    target = root / path
+    if not storage.is_inside(target.parent, root):
+        raise _bad("input_from", f"{path!r} is not a file of that version.")
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise _bad(
+            "input_from", f"Version {version.version} of {source['model']!r} has no file {path!r}."
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _bad("input_from", f"{path!r} is not a regular file.")
+    return os.fdopen(fd, "rb")
 
 
 def create_batch_job(

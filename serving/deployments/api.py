@@ -23,7 +23,7 @@ from controlplane.tenancy.api.common import StrictSerializer
 from controlplane.tenancy.models import Project
 from jobs.states import PRIORITY_BY_NAME, Priority
 from serving.deployments import config as flags
-from serving.deployments import services, stats
+from serving.deployments import energy, services, stats
 from serving.models import (
     Deployment,
     DeploymentEvent,
@@ -171,6 +171,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
     config = serializers.SerializerMethodField()
     replica_set = serializers.SerializerMethodField()
     stats = serializers.SerializerMethodField()
+    energy = serializers.SerializerMethodField(
+        help_text="Energy (GPU) or CPU-seconds per 1,000 generated tokens over every replica "
+        "it has had; in a single deployment's response only (null in lists)."
+    )
     priority = serializers.SerializerMethodField()
 
     class Meta:
@@ -179,7 +183,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "id", "name", "project", "model", "version", "state", "reason",
             "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica",
             "priority", "autoscaling", "config", "revision", "canary", "replica_set", "stats",
-            "created_at", "updated_at",
+            "energy", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -213,6 +217,12 @@ class DeploymentSerializer(serializers.ModelSerializer):
         figures.pop("totals", None)
         return figures
 
+    def get_energy(self, obj: Deployment) -> dict | None:
+        if not self.context.get("energy"):
+            return None
+        tokens = (stats.cached(obj.pk).get("totals") or {}).get("tokens", 0.0)
+        return energy.energy(obj.pk, tokens)
+
 
 class EventSerializer(serializers.ModelSerializer):
     class Meta:
@@ -240,7 +250,7 @@ def snapshot(deployment_id: int) -> dict:
     dep = queryset().get(pk=deployment_id)
     events = dep.events.order_by("-id")[:50]
     return {
-        "deployment": DeploymentSerializer(dep).data,
+        "deployment": DeploymentSerializer(dep, context={"energy": True}).data,
         "events": EventSerializer(reversed(list(events)), many=True).data,
     }
 
@@ -267,6 +277,9 @@ class DeploymentViewSet(
 
     def _fresh(self, dep: Deployment) -> dict:
         return DeploymentSerializer(queryset().get(pk=dep.pk)).data
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "energy": self.action == "retrieve"}
 
     @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -36,7 +36,7 @@ from jobs import storage
 from jobs.models import Attempt, AttemptNode
 from jobs.services import cancel_job, create_internal_job
 from jobs.states import AttemptState, JobKind, JobState
-from serving.deployments import autoscale, routing, stats
+from serving.deployments import autoscale, energy, routing, stats
 from serving.deployments.config import replica_args
 from serving.deployments.services import add_event
 from serving.models import (
@@ -354,6 +354,8 @@ def reconcile(deployment_id: int, samples: dict[int, stats.Sample], now=None) ->
             counts[replica.state] = counts.get(replica.state, 0) + 1
         frame = {"type": "stats", "deployment": dep.pk, "state": dep.state, "reason": dep.reason,
                  "wanted": dep.replicas, "replicas": counts, **figures}  # fmt: skip
+    frame["energy"] = energy.energy(deployment_id, figures.get("tokens_total", 0.0))
+    frame["devices"] = energy.devices(live)
     stats.broadcast(deployment_id, frame)
     return changed
 

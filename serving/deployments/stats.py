@@ -230,7 +230,7 @@ def update(
     _add(window, Sample(time=now, counters=delta.counters, hists=delta.hists))
     last = state.get("time", now)
     live = figures(delta, now - last if now > last else 1.0)
-    live.update(ready=ready, time=now)
+    live.update(ready=ready, time=now, tokens_total=totals.counters.get("tokens", 0.0))
     step = settings.TELEMETRY_HISTORY_STEP
     if now - window.time >= step:
         values = figures(window, now - window.time)

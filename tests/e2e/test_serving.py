@@ -488,6 +488,18 @@ def test_a_browser_deploys_from_the_models_page_and_the_playground_streams(stack
             page.wait_for_function(
                 "() => document.getElementById('f-ready').textContent === '1.0'", timeout=15_000
             )
+            # Its devices live (a CPU replica: its processes' CPU), and the CPU-seconds per 1k
+            # generated tokens once the agent has stored the replica's usage.
+            page.wait_for_function(
+                "() => /r1.*CPU.*% CPU/.test(document.querySelector('#devices tbody').textContent)",
+                timeout=20_000,
+            )
+            page.wait_for_function(
+                "() => parseFloat(document.getElementById('f-energy').textContent) > 0",
+                timeout=40_000,
+            )
+            assert page.locator("#f-energy-unit").inner_text() == "CPU-s per 1k tokens"
+            assert "no energy counter" in page.locator("#energy-basis").inner_text()
             page.once("dialog", lambda dialog: dialog.accept())
             page.click("button.danger")
             page.wait_for_url(f"{stack.url}/deployments/")

@@ -284,3 +284,43 @@ def test_a_members_websocket_gets_a_snapshot_and_others_are_refused(cast, api, v
     assert frame["deployment"]["name"] == "chat" and frame["events"]
     connected, code, _ = run(lambda: connect(tokens[cast.dave]))
     assert not connected and code == 4404
+
+
+def test_energy_per_1k_tokens_and_the_telemetry_label_name_the_deployment(cast, api, version):
+    from monitoring import attribution
+    from monitoring.models import JobUsage
+    from serving.deployments import energy, stats
+
+    worker = add_host("cpu-1", cpu_slots=4)
+    dep_id = create(api, cast.bob, name="chat", replicas=2).json()["id"]
+    controller.reconcile_all()
+    scheduler.schedule()
+    dep = Deployment.objects.get(pk=dep_id)
+    for replica in dep.replica_set.order_by("number"):
+        ready(replica)
+    one, two = dep.replica_set.order_by("number")
+    now = timezone.now()
+    usage = {"worker_name": "cpu-1", "first_seen": now, "last_seen": now}
+    JobUsage.objects.create(job=one.job, cpu_seconds=3.0, **usage)
+    JobUsage.objects.create(job=two.job, cpu_seconds=1.0, **usage)
+
+    # CPU replicas: no energy counter, so CPU-seconds per 1k generated tokens, and it says so.
+    figures = energy.energy(dep_id, tokens=2000)
+    assert figures["joules_per_1k_tokens"] is None and figures["cpu_seconds_per_1k_tokens"] == 2.0
+    assert figures["basis"] == "cpu" and "no energy counter" in figures["basis_text"]
+    assert energy.energy(dep_id, tokens=0)["cpu_seconds_per_1k_tokens"] is None
+    # A GPU replica's joules (from the NVML counter) count per 1k tokens.
+    JobUsage.objects.filter(job=one.job).update(joules=500.0, gpu_seconds=10.0)
+    gpu = energy.energy(dep_id, tokens=2000)
+    assert gpu["joules_per_1k_tokens"] == 250.0 and gpu["basis"] == "counter"
+
+    # The API's single deployment carries it, with the tokens the replicas reported.
+    stats.update(dep_id, {one.pk: stats.Sample(time=1.0, counters={"tokens": 4000.0})}, 2, 1.0)
+    body = api(cast.bob).get(f"{URL}{dep_id}/").json()
+    assert body["energy"]["tokens"] == 4000.0 and body["energy"]["joules_per_1k_tokens"] == 125.0
+    assert api(cast.bob).get(URL).json()["results"][0]["energy"] is None  # not in lists
+
+    # The telemetry's label of each replica's job names its deployment.
+    labels = {h.id: h.label() for h in attribution.holdings(worker.pk)}
+    assert labels[one.job_id]["deployment"] == {"id": dep_id, "name": "chat", "replica": 1}
+    assert labels[two.job_id]["deployment"]["replica"] == 2

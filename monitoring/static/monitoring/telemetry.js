@@ -18,6 +18,7 @@
     const h = gpu.holder;
     if (!h) return "idle";
     if (h.hidden) return "busy · another project";
+    if (h.deployment) return "deployment " + h.deployment.name + " r" + h.deployment.replica + " (job #" + h.id + ") · " + h.project;
     return h.kind + " #" + h.id + " " + h.name + " · " + h.project;
   }
   function memPct(g) {

@@ -52,9 +52,45 @@
       const v = value(frame, key);
       if (el) el.textContent = v === null ? "–" : (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1));
     }
+    if (frame.energy) showEnergy(frame.energy);
+    if (frame.devices) showDevices(frame.devices);
     extend([{time: new Date(frame.time * 1000), values: frame}]);
     const shape = frame.state + JSON.stringify(frame.replicas || {}) + frame.wanted;
     if (shape !== lastShape) { lastShape = shape; refreshTables(); }
+  }
+
+  function showEnergy(e) {
+    const gpu = e.joules_per_1k_tokens !== null && e.joules_per_1k_tokens !== undefined;
+    const v = gpu ? e.joules_per_1k_tokens : e.cpu_seconds_per_1k_tokens;
+    document.getElementById("f-energy").textContent = v === null || v === undefined ? "–" : v.toFixed(gpu ? 1 : 2);
+    document.getElementById("f-energy-unit").textContent = gpu ? "J per 1k tokens" : "CPU-s per 1k tokens";
+    document.getElementById("energy-basis").textContent = "Energy per 1k generated tokens, from " + e.basis_text + ".";
+  }
+  const pct = (v) => v === null || v === undefined ? "–" : v.toFixed(0) + " %";
+  function showDevices(devices) {
+    const rows = [];
+    for (const d of devices) {
+      const host = d.host && d.host.name ? d.host.name : String(d.host);
+      if (d.gpus.length) {
+        for (const g of d.gpus) {
+          rows.push([`r${d.replica}`, host, `GPU ${g.index} ${g.name || ""}`, pct(g.util_gpu),
+            g.mem_total ? CPT.bytes(g.mem_used) + " / " + CPT.bytes(g.mem_total) : CPT.bytes(g.mem_used),
+            g.power_w === null || g.power_w === undefined ? "–" : g.power_w.toFixed(0) + " W"]);
+        }
+      } else {
+        rows.push([`r${d.replica}`, host, "CPU", d.cpu === null || d.cpu === undefined ? "–" : d.cpu.toFixed(0) + " % CPU",
+          CPT.bytes(d.rss), "–"]);
+      }
+    }
+    const body = document.querySelector("#devices tbody");
+    if (!rows.length) {
+      body.replaceChildren(); const tr = document.createElement("tr");
+      const td = cell("No replica is running on a host that reports telemetry.", "muted"); td.colSpan = 6;
+      tr.append(td); body.append(tr); return;
+    }
+    body.replaceChildren(...rows.map(values => {
+      const tr = document.createElement("tr"); tr.append(...values.map(v => cell(v))); return tr;
+    }));
   }
 
   function cell(text, cls) {
