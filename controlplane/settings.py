@@ -535,6 +535,10 @@ GATEWAY_MAX_BODY_BYTES = env_int("CP_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minim
 GATEWAY_COLD_START_TIMEOUT = env_float("CP_GATEWAY_COLD_START_TIMEOUT", 300.0, minimum=1.0)
 GATEWAY_RETRIES = env_int("CP_GATEWAY_RETRIES", 3, minimum=0, maximum=10)
 GATEWAY_REFRESH_SECONDS = env_float("CP_GATEWAY_REFRESH_SECONDS", 5.0, minimum=0.5)
+# A deployment with prefix_affinity: how much of a prompt is its prefix, and how many more
+# outstanding requests than the least busy replica its preferred replica may have.
+GATEWAY_AFFINITY_CHARS = env_int("CP_GATEWAY_AFFINITY_CHARS", 256, minimum=8, maximum=65536)
+GATEWAY_AFFINITY_SLACK = env_int("CP_GATEWAY_AFFINITY_SLACK", 4, minimum=0, maximum=10000)
 # Batch inference inputs (POST /api/v1/batch-jobs/).
 BATCH_MAX_INPUT_BYTES = env_int("CP_BATCH_MAX_INPUT_BYTES", 256 * 1024**2, minimum=1024)
 BATCH_MAX_ROWS = env_int("CP_BATCH_MAX_ROWS", 1_000_000, minimum=1)

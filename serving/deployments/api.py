@@ -40,6 +40,8 @@ def _flag_field(name: str, flag: flags.Flag) -> serializers.Field:
     common: dict[str, Any] = {"required": False, "help_text": flag.help}
     if name == "quantization":
         return serializers.ChoiceField(choices=flags.QUANTIZATION, **common)
+    if flag.kind is bool:
+        return serializers.BooleanField(**common)
     if flag.nullable:
         common["allow_null"] = True
     cls = serializers.IntegerField if flag.kind is int else serializers.FloatField

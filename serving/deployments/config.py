@@ -34,6 +34,12 @@ ENGINE_FLAGS: dict[str, Flag] = {
     "max_model_len": Flag(None, 16, 131_072, nullable=True, help="prompt + output tokens"),
     "stream_interval": Flag(1, 1, 64, help="streamed tokens per chunk after the first"),
     "request_timeout": Flag(600, 1, 86_400, kind=float, help="seconds, then 504"),
+    "prefix_affinity": Flag(
+        False,
+        kind=bool,
+        help="the gateway sends prompts that start alike to the same replica (its free "
+        "slots keep their prompts' K/V) while that replica is not much busier than the rest",
+    ),
 }
 RESOURCE_FLAGS: dict[str, Flag] = {
     "gpus_per_replica": Flag(0, 0, 64, help="GPUs per replica (0: CPU slots)"),
@@ -58,6 +64,10 @@ def check(flags: dict[str, Flag], values: dict[str, Any], prefix: str = "") -> d
         if value is None:
             if not flag.nullable:
                 errors[key] = "This field may not be null."
+            continue
+        if flag.kind is bool:
+            if not isinstance(value, bool):
+                errors[key] = "Must be true or false."
             continue
         if flag.kind is str:
             if not isinstance(value, str):

@@ -71,6 +71,7 @@ class Route:
     request_timeout: float
     scale_to_zero: bool
     rate_limit: int | None  # the project's requests per minute
+    prefix_affinity: bool = False
     endpoints: list[Endpoint] = field(default_factory=list)
 
 
@@ -100,6 +101,7 @@ def load_table() -> dict[int, dict[str, Route]]:
             request_timeout=float(config.get("request_timeout") or 600),
             scale_to_zero=dep.min_replicas == 0,
             rate_limit=dep.project.max_requests_per_minute,
+            prefix_affinity=config.get("prefix_affinity") is True,
         )
         routes[dep.pk] = route
         table.setdefault(dep.project_id, {})[dep.name] = route

@@ -61,6 +61,11 @@ class SchedulerConfig:
     stream_interval: int = 1
     threads: int | None = None
     seed: int = 0
+    # A new request whose prompt starts with at least this many of the tokens a free slot
+    # still holds (a finished request's K/V stay in its slot until overwritten) takes
+    # that slot and skips prefilling them. 0 turns it off; runners that cannot keep a
+    # released slot's cache (``reuses_slots`` false) never do it.
+    prefix_reuse_min: int = 16
 
 
 @dataclass(slots=True)
@@ -75,6 +80,8 @@ class EngineStats:
     running: int = 0
     waiting: int = 0
     last_batch_size: int = 0
+    prefix_hits: int = 0  # requests that started from a free slot's cached prefix
+    prefix_tokens_reused: int = 0  # prompt tokens they did not prefill
 
 
 class Engine:
@@ -108,6 +115,10 @@ class Engine:
         self._by_id: dict[str, Sequence] = {}
         self._free = list(range(config.max_batch_size))
         heapq.heapify(self._free)
+        # Free slot -> (release order, the token ids whose K/V it still holds).
+        self._held: dict[int, tuple[int, list[int]]] = {}
+        self._released = 0
+        self._reuse = config.prefix_reuse_min if getattr(runner, "reuses_slots", False) else 0
         self._accepting = True
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -278,8 +289,43 @@ class Engine:
         self._by_id.pop(seq.request_id, None)
         if seq.slot >= 0:
             self.runner.release(seq.slot)
+            if self._reuse and seq.num_computed >= self._reuse:
+                computed = (seq.prompt_ids + seq.output_ids)[: seq.num_computed]
+                self._released += 1
+                self._held[seq.slot] = (self._released, computed)
             heapq.heappush(self._free, seq.slot)
             seq.slot = -1
+
+    def _take_slot(self, seq: Sequence) -> int:
+        """A free slot for ``seq``: the one holding the longest prefix of its prompt (its
+        prefill then starts after that prefix), else the lowest one holding nothing, else
+        the one released longest ago."""
+        if not self._reuse or not self._held:
+            slot = heapq.heappop(self._free)
+            self._held.pop(slot, None)
+            return slot
+        prompt = seq.prompt_ids
+        best, best_len = -1, 0
+        for slot, (_, held) in self._held.items():
+            n = _common_prefix(prompt, held)
+            if n > best_len:
+                best, best_len = slot, n
+        best_len = min(best_len, len(prompt) - 1)  # the last prompt token gives the logits
+        if best_len >= self._reuse:
+            seq.num_computed = best_len
+            self.stats.prefix_hits += 1
+            self.stats.prefix_tokens_reused += best_len
+            slot = best
+        else:
+            empty = [f for f in self._free if f not in self._held]
+            if empty:
+                slot = min(empty)
+            else:
+                slot = min(self._held, key=lambda f: self._held[f][0])
+        self._free.remove(slot)
+        heapq.heapify(self._free)
+        self._held.pop(slot, None)
+        return slot
 
     def _schedule(self) -> tuple[StepBatch, list[Sequence], list[tuple[Sequence, int]]]:
         batch = StepBatch()
@@ -301,7 +347,7 @@ class Engine:
             s = self._waiting.popleft()
             with self._lock:
                 self._num_queued -= 1
-            s.slot = heapq.heappop(self._free)
+            s.slot = self._take_slot(s)
             self._running.append(s)
             budget -= self._add_chunk(batch, chunks, s, budget)
         return batch, decoding, chunks
@@ -389,6 +435,22 @@ class Engine:
                 loop.call_soon_threadsafe(_deliver_group, group)
             except RuntimeError:  # the loop is closed: the client is gone
                 pass
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0 or a[0] != b[0]:
+        return 0
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 1, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]: halve on slices (C-speed compares)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _deliver_group(group: list[tuple[OutputSink, RequestOutput]]) -> None:

@@ -132,6 +132,7 @@ class LeanCausalLM:
     """Batched decode + chunked prefill for Llama-family models (see module docstring)."""
 
     name = "lean"
+    reuses_slots = True  # a released slot's K/V stay valid until overwritten (prefix reuse)
 
     def __init__(
         self,

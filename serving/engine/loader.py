@@ -51,6 +51,7 @@ class EngineConfig:
     impl: str = "auto"  # auto | lean | hf
     threads: int | None = None
     seed: int = 0
+    prefix_reuse_min: int = 16
 
     def validate(self) -> None:
         checks = [
@@ -61,6 +62,7 @@ class EngineConfig:
             (self.max_model_len is None or self.max_model_len >= 2, "--max-model-len >= 2"),
             (self.impl in ("auto", "lean", "hf"), "--engine must be auto, lean or hf"),
             (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
+            (self.prefix_reuse_min >= 0, "--prefix-reuse-min must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -202,6 +204,7 @@ def _load_engine(config: EngineConfig) -> tuple[Engine, LoadReport]:
             stream_interval=config.stream_interval,
             threads=config.threads,
             seed=config.seed,
+            prefix_reuse_min=config.prefix_reuse_min,
         ),
         eos,
     )

@@ -38,7 +38,7 @@ from starlette.routing import Route as Path
 
 from serving.gateway.auth import Authenticator, Principal, Unauthorized
 from serving.gateway.metrics import GatewayMetrics
-from serving.gateway.router import Ambiguous, Router
+from serving.gateway.router import Ambiguous, Router, affinity_key
 from serving.replica.errors import error_response, sse_error
 
 log = logging.getLogger("serving.gateway")
@@ -186,9 +186,12 @@ class Gateway:
             payload["model"] = route.name
             body = json.dumps(payload).encode()
         stream = payload.get("stream") is True
-        return await self._forward(route, path, body, stream, t0), route.name
+        key = affinity_key(payload) if route.prefix_affinity else None
+        return await self._forward(route, path, body, stream, t0, key), route.name
 
-    async def _forward(self, route, path: str, body: bytes, stream: bool, t0: float) -> Response:
+    async def _forward(
+        self, route, path: str, body: bytes, stream: bool, t0: float, key: bytes | None = None
+    ) -> Response:
         router = self.router
         client = router.client
         assert client is not None
@@ -199,7 +202,7 @@ class Gateway:
         wait_until = t0 + min(settings.GATEWAY_COLD_START_TIMEOUT, route.request_timeout)
         next_wake = 0.0
         while True:
-            endpoint = router.pick(route, tried)
+            endpoint = router.pick(route, tried, key)
             if endpoint is None:
                 if busy is not None:
                     return busy

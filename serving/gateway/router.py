@@ -7,12 +7,20 @@ its own count of outstanding requests and whether the replica answers: a request
 to the ready replica with the fewest outstanding requests (ties at random), after the
 canary split; a replica that refused a connection or failed is taken out and probed
 (``/health``) back in.
+
+With a deployment's ``prefix_affinity`` on, a request whose prompt starts like an earlier
+one (``affinity_key``: its first ``CP_GATEWAY_AFFINITY_CHARS`` characters) goes to the same
+replica, where a free slot may still hold that prefix's K/V: the replicas are ranked by a
+hash of the key and the URL (rendezvous hashing, so a replica joining or leaving moves
+only its own share of prefixes), and the first one with at most
+``CP_GATEWAY_AFFINITY_SLACK`` more outstanding requests than the least busy takes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -37,6 +45,34 @@ class Health:
     outstanding: int = 0
     healthy: bool = True
     since: float = 0.0  # when it was taken out
+
+
+def _rank(key: bytes, url: str) -> bytes:
+    return hashlib.blake2b(key + url.encode(), digest_size=8).digest()
+
+
+def affinity_key(payload: dict) -> bytes | None:
+    """What identifies a request's prompt prefix: the start of ``prompt`` (text, or token
+    ids) or of the chat ``messages``; None when it has neither."""
+    chars = settings.GATEWAY_AFFINITY_CHARS
+    prompt = payload.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt[:chars].encode("utf-8", "replace")
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt[:64]):
+        return json.dumps(prompt[: max(1, chars // 4)]).encode()
+    messages = payload.get("messages")
+    if isinstance(messages, list) and messages:
+        text, size = [], 0
+        for message in messages:
+            if not isinstance(message, dict) or size >= chars:
+                break
+            part = f"{message.get('role')}\x00{message.get('content')}\x00"
+            text.append(part)
+            size += len(part)
+        return "".join(text)[:chars].encode("utf-8", "replace")
+    return None
 
 
 class Ambiguous(Exception):
@@ -108,9 +144,9 @@ class Router:
 
     # --- choosing a replica -----------------------------------------------------------
 
-    def pick(self, route: Route, exclude: set[str]) -> Endpoint | None:
+    def pick(self, route: Route, exclude: set[str], key: bytes | None = None) -> Endpoint | None:
         """The ready endpoint (not in ``exclude``, URLs) with the fewest outstanding
-        requests, after the canary split."""
+        requests, after the canary split (or by ``key``'s affinity, see above)."""
         ready = [e for e in route.endpoints if e.url not in exclude and self._health(e.url).healthy]
         if not ready:
             return None
@@ -123,6 +159,11 @@ class Router:
             self._turn += 1
             return sorted(ready, key=lambda e: e.url)[self._turn % len(ready)]
         best = min(self._health(e.url).outstanding for e in ready)
+        if key is not None and route.prefix_affinity and len(ready) > 1:
+            slack = settings.GATEWAY_AFFINITY_SLACK
+            for endpoint in sorted(ready, key=lambda e: _rank(key, e.url), reverse=True):
+                if self._health(endpoint.url).outstanding <= best + slack:
+                    return endpoint
         return random.choice([e for e in ready if self._health(e.url).outstanding == best])  # noqa: S311
 
     def _health(self, url: str) -> Health:

@@ -75,6 +75,16 @@ class ReplicaMetrics:
         self.in_flight = Gauge(
             "cp_serving_requests_in_flight", "HTTP requests being answered", registry=r
         )
+        self.prefix_tokens = Gauge(
+            "cp_serving_prefix_reused_tokens",
+            "Prompt tokens not prefilled because a free slot held their K/V (since start)",
+            registry=r,
+        )
+        self.prefix_hits = Gauge(
+            "cp_serving_prefix_hits",
+            "Requests that started from a free slot's cached prefix (since start)",
+            registry=r,
+        )
         self.ready = Gauge("cp_serving_ready", "1 when warmed up and accepting", registry=r)
         self.step_seconds = Histogram(
             "cp_serving_engine_step_seconds",
@@ -95,9 +105,17 @@ class ReplicaMetrics:
             registry=r,
         )
 
-    def bind(self, queue_depth: Callable[[], float], running: Callable[[], float]) -> None:
+    def bind(
+        self,
+        queue_depth: Callable[[], float],
+        running: Callable[[], float],
+        prefix_tokens: Callable[[], float] = lambda: 0.0,
+        prefix_hits: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self.queue_depth.set_function(queue_depth)
         self.running.set_function(running)
+        self.prefix_tokens.set_function(prefix_tokens)
+        self.prefix_hits.set_function(prefix_hits)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -78,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"], help="runner")
     p.add_argument("--threads", type=int, help="torch threads (default: CPUs available)")
     p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling")
+    p.add_argument(
+        "--prefix-reuse-min",
+        type=int,
+        default=16,
+        help="reuse a free slot's cached K/V for a prompt sharing at least this many leading "
+        "tokens with it (0: off)",
+    )
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
     for name in ("max_batch_size", "max_queue", "max_num_batched_tokens", "stream_interval"):
@@ -109,6 +116,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         impl=args.engine,
         threads=threads,
         seed=args.seed,
+        prefix_reuse_min=args.prefix_reuse_min,
     )
 
 

@@ -48,7 +48,12 @@ class ReplicaState:
         self.engine = engine
         self.report = report
         self.text_of = TokenText(engine.tokenizer)
-        self.metrics.bind(lambda: engine.num_queued, lambda: engine.num_running)
+        self.metrics.bind(
+            lambda: engine.num_queued,
+            lambda: engine.num_running,
+            lambda: engine.stats.prefix_tokens_reused,
+            lambda: engine.stats.prefix_hits,
+        )
         self.metrics.info.labels(
             self.served_model_name, report.runner, report.quantization, report.device
         ).set(1)

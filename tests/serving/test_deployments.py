@@ -41,6 +41,7 @@ def create(api, user, **body):
         ({"name": "d", "priority": "urgent"}, "priority", "not a valid choice"),
         ({"name": "d", "autoscaling": {"target": 1}}, "autoscaling", "Unknown field"),
         ({"name": "d", "temperature": 1}, "temperature", "Unknown field"),
+        ({"name": "d", "prefix_affinity": 3}, "prefix_affinity", "true or false"),
         ({"name": "d", "canary": {"percent": 5}}, "canary", "first"),
     ],
 )
@@ -324,3 +325,16 @@ def test_energy_per_1k_tokens_and_the_telemetry_label_name_the_deployment(cast, 
     labels = {h.id: h.label() for h in attribution.holdings(worker.pk)}
     assert labels[one.job_id]["deployment"] == {"id": dep_id, "name": "chat", "replica": 1}
     assert labels[two.job_id]["deployment"]["replica"] == 2
+
+
+def test_prefix_affinity_is_a_revisions_flag_the_routing_table_carries(cast, api, version):
+    from serving.deployments import routing
+
+    add_host("cpu-1", cpu_slots=4)
+    dep_id = create(api, cast.bob, name="chat", prefix_affinity=True).json()["id"]
+    other = create(api, cast.bob, name="plain").json()["id"]
+    routes = routing.load_table()[cast.alpha.pk]
+    assert routes["chat"].prefix_affinity and not routes["plain"].prefix_affinity
+    body = api(cast.bob).get(f"{URL}{dep_id}/").json()
+    assert body["config"]["prefix_affinity"] is True
+    assert api(cast.bob).get(f"{URL}{other}/").json()["config"]["prefix_affinity"] is False

@@ -115,6 +115,37 @@ class _FirstTokenSink(CollectingSink):
         self.started.set()
 
 
+@pytest.mark.parametrize(("impl", "reuse"), [("lean", 16), ("lean", 0), ("hf", 16)])
+def test_a_prompt_sharing_a_free_slots_prefix_skips_prefilling_it(
+    model_dir, tokenizer, greedy_reference, impl, reuse
+):
+    eng, _ = load_engine(
+        EngineConfig(
+            model=str(model_dir), device="cpu", max_batch_size=4, max_num_batched_tokens=24,
+            impl=impl, threads=1, prefix_reuse_min=reuse,
+        )
+    )  # fmt: skip
+    eng.start()
+    system = " ".join(WORDS * 3)  # a shared "system prompt" of ~40 tokens
+    prompts = [system + " for", system + " while x", "print value", system + " for"]
+    try:
+        for prompt in prompts:
+            [out] = eng.generate(
+                [tokenizer(prompt).input_ids], [SamplingParams(max_tokens=12, temperature=0.0)]
+            )
+            assert out.token_ids == greedy_reference(prompt, 12), prompt
+    finally:
+        eng.shutdown(timeout=10)
+    shared = len(tokenizer(system).input_ids)
+    if impl == "lean" and reuse:
+        # The 2nd starts from the 1st's slot; the 3rd shares nothing and takes an empty slot
+        # (the warm one is kept); the 4th starts from the 2nd's.
+        assert eng.stats.prefix_hits == 2
+        assert 2 * (shared - 1) <= eng.stats.prefix_tokens_reused <= 2 * (shared + 1)
+    else:  # switched off, or a runner that drops a released slot's cache
+        assert eng.stats.prefix_hits == 0 and eng.stats.prefix_tokens_reused == 0
+
+
 def test_abort_frees_the_slot(model_dir, tokenizer):
     eng, _ = load_engine(
         EngineConfig(model=str(model_dir), device="cpu", max_batch_size=1, max_queue=1, threads=1)
