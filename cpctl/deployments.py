@@ -2,6 +2,7 @@
 
 cpctl deploy chat --model tiny --replicas 2 --set quantization=int8
 cpctl deploy chat --model tiny --min 0 --max 4          # autoscaled, scale to zero
+cpctl deploy chat --model tiny --replicas 2 --set prefix_affinity=true
 cpctl deployments
 cpctl deployment chat                                    # state, replicas, events
 cpctl scale chat 3           |  cpctl scale chat --min 1 --max 4

@@ -107,6 +107,8 @@ def deploy(request: HttpRequest, version_id: int) -> HttpResponse:
                             "model__project")  # fmt: skip
     version = get_object_or_404(visible, pk=version_id)
     data = _form_data(request.POST, DEPLOY_FIELDS)
+    if request.POST.get("prefix_affinity"):
+        data["prefix_affinity"] = True
     if data.get("min_replicas") is not None or data.get("max_replicas") is not None:
         data.pop("replicas", None)
     data.update(model=version.model.name, version=version.version)

@@ -124,3 +124,18 @@ def test_the_models_page_creates_uploads_shows_lineage_and_deletes(cast, version
     assert not Deployment.objects.filter(name="chat").exists()  # its history went with it
     carol = browser(cast.carol).get("/models/").content.decode()
     assert 'class="fields upload"' not in carol and 'class="fields deploy"' not in carol
+
+
+def test_the_deploy_forms_prefix_affinity_box_sets_the_flag(cast, version):
+    add_host("cpu-1", cpu_slots=4)
+    bob = browser(cast.bob)
+    assert b'name="prefix_affinity"' in bob.get("/models/").content
+    url = f"/models/versions/{version.pk}/deploy/"
+    bob.post(url, {"name": "plain"})
+    bob.post(url, {"name": "sticky", "prefix_affinity": "on"})
+    configs = {
+        d.name: d.revisions.get().config
+        for d in Deployment.objects.filter(project=version.model.project)
+    }
+    assert configs["sticky"].get("prefix_affinity") is True
+    assert not configs["plain"].get("prefix_affinity")
