@@ -8,10 +8,13 @@ On the reference model (see serving_common.py), one run measures, side by side:
   for a full batch, run it to its end), on equal and on mixed output lengths;
 * quality: perplexity, top-1 agreement and KL of each mode against fp32 on held-out
   text, on the reference model and on a briefly trained small model;
-* load time and resident memory per mode.
+* load time and resident memory per mode;
+* the peer, CTranslate2 (its own venv, var/bench-venvs/ctranslate2, see docs/serving.md):
+  `generate_batch` on the same prompt ids in static batches of 16 and 64, fp32 and int8,
+  2 threads, against our engine's static batches of the same sizes (`--peers ''` skips).
 
 Every figure is printed with its ratio to the baseline measured in the same run.
-`python bench/serving_engine.py [--modes none,bf16,int8] [--json OUT]`.
+`python bench/serving_engine.py [--modes none,bf16,int8] [--peers ctranslate2] [--json OUT]`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import gc
 import json
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.serving_common import (
     GEN_TOKENS,
+    ROOT,
     VAR,
     CpuMeter,
     in_thread,
@@ -115,6 +120,36 @@ def run_one_at_a_time(engine, ids: list[list[int]], lengths: list[int]) -> float
     return tokens / (time.perf_counter() - t0)
 
 
+CT2_PYTHON = ROOT / "var" / "bench-venvs" / "ctranslate2" / "bin" / "python"
+CT2_TYPES = {"none": "float32", "int8": "int8"}  # our mode -> CTranslate2's compute type
+PEER_BATCHES = (16, 64)
+
+
+def ctranslate2_peer(model_dir: Path, ids: list[list[int]], modes: list[str], threads: int,
+                     quiet: float) -> dict[tuple[str, int], float]:  # fmt: skip
+    """tok/s of CTranslate2 per (our mode, batch), from bench/peers/ct2_generate.py."""
+    if not CT2_PYTHON.exists():
+        raise RuntimeError(f"{CT2_PYTHON} is missing: create the venv (see docs/serving.md)")
+    ids_file = VAR / "engine-peer-ids.json"
+    ids_file.write_text(json.dumps(ids))
+    out: dict[tuple[str, int], float] = {}
+    for mode in (m for m in modes if m in CT2_TYPES):
+        if quiet:
+            wait_quiet(quiet, timeout=300)
+        cmd = [
+            str(CT2_PYTHON), str(ROOT / "bench" / "peers" / "ct2_generate.py"), str(model_dir),
+            str(ids_file), "--compute-type", CT2_TYPES[mode], "--threads", str(threads),
+            "--new-tokens", str(GEN_TOKENS), "--batches", ",".join(map(str, PEER_BATCHES)),
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                out[(mode, row["batch"])] = row["tok_s"]
+                print(f"ctranslate2 {mode} batch {row['batch']}: {row['tok_s']} tok/s", flush=True)
+    return out
+
+
 def quality(reference_dir: Path, modes: list[str], tokens: int = 512) -> list[dict]:
     """Each mode vs fp32 on held-out text: perplexity, top-1 agreement, KL."""
     from transformers import AutoTokenizer
@@ -162,6 +197,7 @@ def main() -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--skip-schedules", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--peers", default="ctranslate2", help="'ctranslate2', or '' for none")
     p.add_argument("--quiet", type=float, default=0.9, help="wait for this idle CPU fraction")
     p.add_argument("--json")
     args = p.parse_args()
@@ -209,6 +245,9 @@ def main() -> None:
             row["mixed_static_tok_s"] = round(run_static(engine, ids, mixed, args.batch), 1)
             row["one_at_a_time_tok_s"] = round(run_one_at_a_time(engine, ids[:6], equal[:6]), 1)
             row["continuous_x_one"] = round(tps / row["one_at_a_time_tok_s"], 1)
+        if args.peers and mode in CT2_TYPES:
+            for b in PEER_BATCHES:
+                row[f"static{b}_tok_s"] = round(run_static(engine, ids, equal, b), 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
         engine.shutdown(timeout=30)
@@ -217,6 +256,18 @@ def main() -> None:
     result["compute_bound_limit_tok_s"] = 3600
     print()
     print_table(rows, list(rows[0].keys()))
+    if args.peers:
+        threads = args.threads or torch.get_num_threads()
+        ct2 = ctranslate2_peer(model_dir, ids, modes, threads, args.quiet)
+        peer = [
+            {"mode": m, "batch": b, "ours_static_tok_s": r[f"static{b}_tok_s"],
+             "ctranslate2_tok_s": ct2[(m, b)],
+             "x_ctranslate2": round(r[f"static{b}_tok_s"] / ct2[(m, b)], 2)}
+            for r in rows for m in [r["mode"]] if m in CT2_TYPES for b in PEER_BATCHES
+        ]  # fmt: skip
+        result["peer_ctranslate2"] = peer
+        print()
+        print_table(peer, list(peer[0].keys()))
     if not args.skip_quality:
         small = VAR / "small-trained"
         if not (small / "model.safetensors").exists():
