@@ -7,7 +7,10 @@ from server-side timestamps (job created -> attempt started -> first log line st
 - submit -> RUNNING and submit -> the entrypoint's first line, p50 / p95 over --jobs
   sequential one-process jobs;
 - a burst of --burst short jobs submitted at once: accepted per second (API) and completed
-  per second (first submit to last SUCCEEDED).
+  per second (first submit to last SUCCEEDED);
+- what a client sees (--client jobs): from before its submit POST to the first line in
+  its hands, (a) polling the logs API every 5 ms, (b) on the job's websocket opened right
+  after the POST, with the POST's own time and the server's created -> stored beside them.
 Baselines measured in the same run: a Celery round trip to this host's queue (the floor of
 the dispatch hops) and starting a Python process that prints (the floor of any launch).
 Anchors (ANCHORS.md, same machine kind): Ray Jobs 730 ms to the first line, 1.5-1.7 jobs/s
@@ -56,11 +59,57 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def client_side(api: httpx.Client, submit, stack: Stack, token: str, n: int) -> dict:
+    """Submit-to-first-line as the client measures it, polling and on the websocket."""
+    from websockets.sync.client import connect
+
+    out: dict[str, list[float]] = {
+        "client: submit POST": [],
+        "client: server created -> line stored": [],
+        "client: submit -> first line, polling 5 ms": [],
+        "client: one logs poll (GET)": [],
+        "client: submit -> first line, websocket": [],
+    }
+    for _ in range(n):
+        t0 = time.perf_counter()
+        job = submit()
+        out["client: submit POST"].append(time.perf_counter() - t0)
+        while True:
+            g0 = time.perf_counter()
+            page = api.get(f"/api/v1/jobs/{job['id']}/logs/", params={"limit": 1}).json()
+            out["client: one logs poll (GET)"].append(time.perf_counter() - g0)
+            if page["chunks"]:
+                break
+            time.sleep(0.005)
+        out["client: submit -> first line, polling 5 ms"].append(time.perf_counter() - t0)
+        out["client: server created -> line stored"].append(
+            ts(page["chunks"][0]["created_at"]) - ts(job["created_at"])
+        )
+        time.sleep(0.3)  # let the job end
+    uri = stack.url.replace("http://", "ws://")
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(n):
+        t0 = time.perf_counter()
+        job = submit()
+        with connect(f"{uri}/ws/jobs/{job['id']}/", additional_headers=headers,
+                     origin=stack.url, open_timeout=10) as ws:  # fmt: skip
+            while True:
+                message = json.loads(ws.recv(timeout=30))
+                if message.get("type") == "log" or (
+                    message.get("type") == "snapshot" and message.get("logs")
+                ):
+                    break
+        out["client: submit -> first line, websocket"].append(time.perf_counter() - t0)
+        time.sleep(0.3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--slots", type=int, default=0, help="CP_WORKER_CPU_SLOTS (0: default)")
+    parser.add_argument("--client", type=int, default=20, help="jobs per client-side measure")
     args = parser.parse_args()
     extra = {"CP_LOG_LEVEL": "warning"}
     if args.slots:
@@ -120,6 +169,8 @@ def main() -> None:
             to_line.append(ts(first["chunks"][0]["created_at"]) - created)
             lifetime.append(ts(job["finished_at"]) - created)
 
+        client = client_side(api, submit, stack, token, args.client)
+
         start = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:
             jobs = list(pool.map(lambda _: submit(), range(args.burst)))
@@ -141,6 +192,9 @@ def main() -> None:
             ("submit -> first log line", to_line),
             ("submit -> SUCCEEDED", lifetime),
         ):
+            p50, p95 = pct(values, 0.5) * 1000, pct(values, 0.95) * 1000
+            print(f"{name:<46}{p50:>9.1f}{p95:>9.1f}{p50 / floor:>9.2f}")
+        for name, values in client.items():
             p50, p95 = pct(values, 0.5) * 1000, pct(values, 0.95) * 1000
             print(f"{name:<46}{p50:>9.1f}{p95:>9.1f}{p50 / floor:>9.2f}")
         print(

@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from controlplane import degraded
+from controlplane import degraded, realtime
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -46,8 +45,7 @@ def _send(groups: list[str], payload: dict[str, Any], job_id: int) -> None:
         return
     message = {"type": "job.event", "event": {"v": SCHEMA_VERSION, **payload}}
     try:
-        for name in groups:
-            async_to_sync(layer.group_send)(name, message)
+        realtime.group_send(layer, groups, message)
     except degraded.UNREACHABLE as exc:  # Redis is away: one line per outage
         degraded.REDIS.failed(exc)
     except Exception:  # a realtime hiccup must never fail the write that caused it

@@ -362,6 +362,8 @@ def authenticate_token(raw: str, ip: str | None = None) -> ApiToken:
     if not token.user.is_active:
         raise TokenError("The token's user is inactive.")
     stale = now - timedelta(seconds=settings.TOKEN_LAST_USED_RESOLUTION)
+    if token.last_used_at is not None and token.last_used_at >= stale:
+        return token  # recorded this minute: no write (on SQLite even an empty UPDATE locks)
     # At most one write a minute per token, and never two processes for the same minute.
     # Best effort: a request that only reads must not fail because the database is busy
     # with writes (on SQLite, one writer at a time).

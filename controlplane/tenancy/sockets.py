@@ -21,7 +21,6 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.security.websocket import WebsocketDenier
@@ -31,7 +30,7 @@ from django.db import transaction
 from django.http.request import validate_host
 from django.utils import timezone
 
-from controlplane import degraded
+from controlplane import degraded, realtime
 from controlplane.tenancy.models import ApiToken, TokenState
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,8 @@ def close_sockets_of(user_id: int) -> None:
                 continue
             layer = get_channel_layer(alias)
             degraded.best_effort(
-                lambda layer=layer: async_to_sync(layer.group_send)(
-                    user_group(user_id), {"type": "access.revoked"}
+                lambda layer=layer: realtime.group_send(
+                    layer, [user_group(user_id)], {"type": "access.revoked"}
                 )
             )
 

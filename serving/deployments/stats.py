@@ -20,13 +20,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane import degraded
+from controlplane import degraded, realtime
 from serving.models import DeploymentSample
 
 log = logging.getLogger(__name__)
@@ -282,8 +281,9 @@ def broadcast(deployment_id: int, payload: dict[str, Any]) -> None:
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(
-            group(deployment_id),
+        realtime.group_send(
+            layer,
+            [group(deployment_id)],
             {"type": "deployment.event", "event": {"v": SCHEMA_VERSION, **payload}},
         )
     except Exception:
