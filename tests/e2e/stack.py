@@ -190,8 +190,9 @@ class Stack:
             timeout=60,
         )
 
-    def start_worker(self, name: str, **env: str) -> subprocess.Popen:
-        """One more Celery worker host (its own CP_HOSTNAME), as a worker machine runs it."""
+    def start_worker(self, name: str, wrap: tuple[str, ...] = (), **env: str) -> subprocess.Popen:
+        """One more Celery worker host (its own CP_HOSTNAME), as a worker machine runs it;
+        ``wrap`` goes before the command (``ip netns exec NS``: a host of its own network)."""
         environ = {
             **self.env,
             "CP_HOSTNAME": name,
@@ -201,7 +202,8 @@ class Stack:
         }
         log = open(self.var_dir / f"worker-{name}.log", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--loglevel", "INFO",
+            [*wrap, sys.executable, "-m", "celery", "-A", "controlplane", "worker",
+             "--loglevel", "INFO",
              "--hostname", f"cp@{name}", "--without-mingle", "--without-gossip"],
             cwd=ROOT,
             env=environ,
