@@ -90,6 +90,13 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["state", "-priority", "id"], name="job_queue"),
             models.Index(fields=["project", "state"], name="job_project_state"),
+            # A scheduling pass reads each project's pending jobs of one shape in chunks
+            # (jobs/queues.py): only pending rows, in the order the pass walks them.
+            models.Index(
+                fields=["project", "priority", "gpus_per_node", "nodes", "id"],
+                condition=models.Q(state="PENDING"),
+                name="job_pending_shape",
+            ),
         ]
 
     def __str__(self) -> str:

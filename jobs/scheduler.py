@@ -27,7 +27,6 @@ placement; a job over quota waits without blocking other projects.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from jobs.placement import (
     victims,
     within_share,
 )
+from jobs.queues import PendingQueues
 from jobs.states import ATTEMPT_LIVE, JobKind, JobState, Priority, StopReason
 
 log = logging.getLogger(__name__)
@@ -72,27 +72,6 @@ def _lock() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])
-
-
-def _ordered(jobs: list[Job], usage: dict[int, int]):
-    """Yield jobs by priority, then fair share across projects, then age."""
-    by_priority: dict[int, dict[int, list[Job]]] = defaultdict(lambda: defaultdict(list))
-    for job in jobs:  # already sorted by id (age)
-        by_priority[job.priority][job.project_id].append(job)
-    for priority in sorted(by_priority, reverse=True):
-        queues = by_priority[priority]
-        heap = [(usage.get(p, 0), q[0].pk, p) for p, q in queues.items()]
-        heapq.heapify(heap)
-        positions = dict.fromkeys(queues, 0)
-        while heap:
-            _, _, project_id = heapq.heappop(heap)
-            queue = queues[project_id]
-            job = queue[positions[project_id]]
-            yield job
-            positions[project_id] += 1
-            if positions[project_id] < len(queue):
-                nxt = queue[positions[project_id]]
-                heapq.heappush(heap, (usage.get(project_id, 0), nxt.pk, project_id))
 
 
 def _quota_reason(job: Job, project: Project, gpus_used: int, jobs_running: int) -> str:
@@ -210,23 +189,7 @@ def schedule(now=None) -> Decision:
     decision = Decision()
     with transaction.atomic():
         _lock()
-        pending = [
-            Pending(*row)
-            for row in Job.objects.filter(state=JobState.PENDING)
-            .exclude(not_before__gt=now)  # restarting after a failure: backing off
-            .order_by("id")
-            .values_list(
-                "id",
-                "project_id",
-                "priority",
-                "nodes",
-                "gpus_per_node",
-                "procs_per_node",
-                "reason",
-                "image",
-                "kind",
-            )
-        ]
+        pending = PendingQueues(now)
         if not pending:
             return decision
         hosts = load_hosts(now)
@@ -238,7 +201,7 @@ def schedule(now=None) -> Decision:
             jobs_running[run.project_id] += run.kind != JobKind.REPLICA
             if run.stopping:
                 mark_stopping(run, hosts)
-        projects = Project.objects.in_bulk({j.project_id for j in pending})
+        projects = Project.objects.in_bulk(pending.project_ids())
         reserved_hosts: set[int] = set()
         usable = list(hosts.values())
         head: Pending | None = None
@@ -251,7 +214,7 @@ def schedule(now=None) -> Decision:
             if job.reason != reason:
                 reasons[job.pk] = reason[:300]
 
-        for job in _ordered(pending, gpus_used):
+        for job, queue in pending.ordered(gpus_used, lambda q: q.shape() in failed_shapes):
             quota = _quota_reason(
                 job,
                 projects[job.project_id],
@@ -259,7 +222,9 @@ def schedule(now=None) -> Decision:
                 jobs_running[job.project_id],
             )
             if quota:
-                wait(job, quota)
+                # Usage only grows in a pass: the rest of this shape queue waits too.
+                for same in [job, *queue.stop()]:
+                    wait(same, quota)
                 continue
             gpu_job = job.gpus_per_node > 0
             shape = (gpu_job, job.gpus_per_node or job.procs_per_node, job.nodes, bool(job.image))
@@ -272,17 +237,23 @@ def schedule(now=None) -> Decision:
                     continue
                 # Capacity only shrinks during a pass: this shape will not fit again.
                 failed_shapes.add(shape)
+            left = queue.stop()  # nor will the rest of this queue: they wait unread
             if head is not None:
-                wait(job, _behind_reason(job, head, hosts, shape))
+                for same in [job, *left]:
+                    wait(same, _behind_reason(same, head, hosts, shape))
                 continue
+            for same in left:  # behind the head job, of its own shape
+                wait(same, _behind_reason(same, job, hosts, shape))
             # The head job: the first one that does not fit.
             head = job
-            active = {j.project_id for j in pending} | {r.project_id for r in running}
+            active = pending.project_ids() | {r.project_id for r in running}
             target = _make_room(job, usable, hosts, running, decision, wait, active)
             # Keep the head job's hosts for it: no backfill onto them.
             reserved_hosts = {h.id for h in target}
             usable = [h for h in hosts.values() if h.id not in reserved_hosts]
 
+        # Every pending job not placed waits, read or not (stopped queues are not read).
+        decision.waiting = pending.total - len(placements)
         attempts = _create_attempts(placements, now)
         decision.placed = [a.pk for a in attempts]
         if decision.preempted:

@@ -266,3 +266,38 @@ def test_two_schedulers_at_once_never_double_book(cast, submit):
     indices = list(Reservation.objects.values_list("index", flat=True))
     assert len(indices) == len(set(indices)) == 8
     assert Job.objects.filter(state=JobState.SCHEDULED).count() == 8
+
+
+def test_a_small_job_behind_many_big_ones_of_its_project_still_backfills(cast, submit):
+    """Shape queues: twenty jobs that cannot fit stop their queue at the first of them, and
+    the 1-GPU job queued after them in the same project is still placed."""
+    add_host("a", gpus=8)
+    add_host("b", gpus=4)
+    add_host("c", gpus=4)
+    submit(name="hold", resources={"gpus_per_node": 8})
+    scheduler.schedule()  # "hold" takes a; b or c is set aside for the first big job
+    big = [submit(name=f"big{i}", resources={"gpus_per_node": 8}) for i in range(20)]
+    small = submit(name="small", resources={"gpus_per_node": 1})
+    decision = scheduler.schedule()
+    small.refresh_from_db()
+    assert small.state == JobState.SCHEDULED
+    assert decision.waiting == 20
+    assert list(gpus_of(small)) == ["c"]
+    assert [Job.objects.get(pk=b.pk).state for b in big] == [JobState.PENDING] * 20
+
+
+def test_a_pass_does_not_read_the_jobs_of_a_shape_that_cannot_fit(
+    cast, submit, django_assert_max_num_queries
+):
+    add_host("a", gpus=8)
+    submit(name="hold", resources={"gpus_per_node": 8})
+    scheduler.schedule()
+    for i in range(300):
+        submit(name=f"big{i}", resources={"gpus_per_node": 8})
+    scheduler.schedule()  # the first pass gives the first jobs their reasons
+    # 300 waiting jobs of one shape: the group query, the hosts, one chunk of the queue.
+    with django_assert_max_num_queries(20):
+        decision = scheduler.schedule()
+    assert decision.waiting == 300 and not decision.placed
+    last = Job.objects.order_by("-id").first()
+    assert last.reason == "Waiting for the scheduler."  # never reached: its first reason
