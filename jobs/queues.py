@@ -32,6 +32,11 @@ FIELDS = ("id", "project_id", "priority", "nodes", "gpus_per_node", "procs_per_n
 SHAPE = ("priority", "project_id", "nodes", "gpus_per_node", "procs_per_node", "image", "kind")
 
 
+def shape_of(gpus_per_node: int, procs_per_node: int, nodes: int, image: str) -> tuple:
+    """What decides whether a job fits: (GPU job, GPUs or slots per node, nodes, image)."""
+    return (gpus_per_node > 0, gpus_per_node or procs_per_node, nodes, bool(image))
+
+
 def _due(now):
     # restarting after a failure: backing off until not_before
     return Job.objects.filter(state=JobState.PENDING).exclude(not_before__gt=now)
@@ -61,11 +66,9 @@ class ShapeQueue:
         job = self.head()
         return job.pk if job is not None else None
 
-    def shape(self) -> tuple[bool, int, int, bool]:
-        """(GPU job, GPUs or slots per node, nodes, has an image), as the pass compares."""
-        gpus = self.key["gpus_per_node"]
-        per_node = gpus or self.key["procs_per_node"]
-        return (gpus > 0, per_node, self.key["nodes"], bool(self.key["image"]))
+    def shape(self) -> tuple:
+        key = self.key
+        return shape_of(key["gpus_per_node"], key["procs_per_node"], key["nodes"], key["image"])
 
     def head(self) -> Pending | None:
         if self.stopped:
@@ -153,11 +156,10 @@ class PendingQueues:
                 queue = found[1]
                 job = queue.head()
                 if job is None:  # gone since the groups were read (cancelled, started)
-                    heapq.heappush(heap, (usage.get(project_id, 0), 0, project_id))
                     queue.stop()
-                    continue
-                queue.buffer.popleft()
-                yield job, queue
+                else:
+                    queue.buffer.popleft()
+                    yield job, queue
                 after = self._next(projects[project_id], dead)
                 if after is not None:
                     heapq.heappush(heap, (usage.get(project_id, 0), after[0], project_id))

@@ -53,7 +53,7 @@ from jobs.placement import (
     victims,
     within_share,
 )
-from jobs.queues import PendingQueues
+from jobs.queues import PendingQueues, shape_of
 from jobs.states import ATTEMPT_LIVE, JobKind, JobState, Priority, StopReason
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,6 @@ def schedule(now=None) -> Decision:
         placements: list[Placement] = []
 
         def wait(job: Pending, reason: str) -> None:
-            decision.waiting += 1
             if job.reason != reason:
                 reasons[job.pk] = reason[:300]
 
@@ -226,8 +225,7 @@ def schedule(now=None) -> Decision:
                 for same in [job, *queue.stop()]:
                     wait(same, quota)
                 continue
-            gpu_job = job.gpus_per_node > 0
-            shape = (gpu_job, job.gpus_per_node or job.procs_per_node, job.nodes, bool(job.image))
+            shape = shape_of(job.gpus_per_node, job.procs_per_node, job.nodes, job.image)
             if shape not in failed_shapes:
                 chosen = fit(job, usable)
                 if chosen is not None:

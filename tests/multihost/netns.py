@@ -227,10 +227,9 @@ def main() -> None:
             f"cut a host's link: ip -n {first.namespace} link set eth0 down\n"
             "Ctrl-C removes the namespaces and the bridge."
         )
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: tear down
+            while True:
+                time.sleep(3600)
     finally:
         network.close()
 
